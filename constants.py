@@ -1,0 +1,67 @@
+"""Every setting a user edits, in one place.
+
+Each value here is the default of a command-line flag of train.py / predict.py
+(run either with --help to see them), so editing this file and passing a flag
+are two ways of doing the same thing.
+"""
+
+# --- Data -------------------------------------------------------------------
+# ADNI-style tree: <DATA_DIR>/{train,test}/<class>/*.jpeg|jpg|png.  When this
+# default folder does not exist, dataset.py builds a sample in the same layout
+# from the MNI152 T1 template that ships inside the nilearn wheel (offline).
+DATA_DIR = "data/AD_NC"
+# Image files the data reader accepts (lower-case suffixes).
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+# Slices are padded with black (or centre-cropped) to TARGET_SIZE x TARGET_SIZE;
+# ADNI slices are 256 wide x 240 tall, so they get 16 black rows at the bottom.
+TARGET_SIZE = 256
+# Share of the train/ split held out for validation, and the seed that fixes it.
+VALIDATION_SPLIT = 0.2
+SEED = 1337
+# Embedded sample: slices are written as 256 wide x 240 tall 8-bit images, like
+# ADNI.  Test slices are one contiguous axial slab; a gap of SAMPLE_GAP_SLICES
+# slices on either side keeps every training slice away from it.
+SAMPLE_SIZE = (256, 240)
+SAMPLE_TEST_FRACTION = 0.2
+SAMPLE_GAP_SLICES = 6
+
+# --- Model ------------------------------------------------------------------
+# x4 in each direction (64x64 -> 256x256).  The model can be built for 2-8,
+# but the pretrained model and all reported figures are x4.
+UPSCALE_FACTOR = 4
+# Filters of the seed's three feature convolutions (ESPCN, Shi et al. 2016).
+FILTERS = (64, 64, 32)
+
+# --- Training ---------------------------------------------------------------
+BATCH_SIZE = 16          # per replica; the global batch is this x replicas
+EPOCHS = 50
+LEARNING_RATE = 1e-3     # Adam; scaled linearly with the number of replicas
+PATIENCE = 8             # early stopping on validation loss, best weights kept
+# "cosine" decays the rate to 2% over the run: a few tenths of a dB better
+# than a constant rate for the same epochs; "constant" is the seed's.
+LR_SCHEDULE = "cosine"
+# Training crops: PATCH_SIZE x PATCH_SIZE high-resolution crops centred where
+# the tissue is, instead of whole mostly-black slices: 4x fewer FLOPs a sample
+# and far more variety per second of CPU.  0 trains on whole slices (the seed).
+PATCH_SIZE = 96
+# Random crops drawn from each training slice per epoch.
+PATCHES_PER_IMAGE = 2
+# Augmentation (flips, 90-degree turns, intensity scale and gamma, noise):
+# it is what makes a model trained on one smooth template work on real scans.
+AUGMENT = True
+# Numerical precision: "auto" picks mixed_bfloat16 on CPUs with AVX-512 BF16 /
+# AMX, mixed_float16 on GPUs, float32 otherwise.
+PRECISION = "auto"
+# Training strategy: "auto" = MirroredStrategy with >1 GPU, else one device.
+STRATEGY = "auto"
+
+# --- Output -----------------------------------------------------------------
+OUTPUT_DIR = "output"
+MODEL_FILENAME = "espcn.keras"
+# Committed model, trained by train.py with the command in README.md; predict.py
+# falls back to it when no freshly trained model exists at --model's default.
+PRETRAINED_MODEL = "pretrained/espcn_x4.keras"
+# Number of test images in the comparison figure (the seed's multi_comp_5.png).
+FIGURE_IMAGES = 5
+# Slices per inference batch; bounds memory when predicting many files/volumes.
+PREDICT_BATCH_SIZE = 16

@@ -1,0 +1,313 @@
+"""Brain-MRI slices in, (low-resolution, high-resolution) training pairs out.
+
+Reads an ADNI-style tree <data-dir>/{train,test}/<class>/*.jpeg|jpg|png, turns
+every slice into the Y (luma) channel on a black TARGET_SIZE square, and makes
+(input, target) pairs where the input is the target shrunk by area averaging.
+Also builds the embedded sample dataset from nilearn's MNI152 template.
+
+Reading rule for images of other sizes or modes (documented in README.md):
+colour is reduced to Y (ITU-R 601 luma, the Y of YUV); 16-bit and float images
+are scaled by their own maximum into 8 bits; a side shorter than the target is
+padded with black at the bottom/right (ADNI's 240 rows get 16 black rows, as
+the seed did), a longer side is centre-cropped.  Files that cannot be decoded
+are skipped with one warning each.
+"""
+import os
+import random
+import shutil
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+import constants
+
+
+@dataclass
+class Split:
+    """Decoded slices of one split: uint8 (N, size, size) and their files."""
+
+    images: np.ndarray
+    paths: list
+
+
+# --- Reading images ----------------------------------------------------------
+
+def list_images(split_dir):
+    """Sorted image files under <split_dir>/<class>/ (any class names)."""
+    paths = []
+    for root, _, files in os.walk(split_dir):
+        for name in files:
+            if name.lower().endswith(constants.IMAGE_SUFFIXES):
+                paths.append(os.path.join(root, name))
+    return sorted(paths)
+
+
+def luma_uint8(image):
+    """The Y channel of a PIL image as uint8, whatever its mode."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        peak = float(values.max())
+        scaled = values / peak * 255.0 if peak > 0 else np.zeros_like(values)
+        return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "1"):
+        image = image.convert("RGB")
+    # PIL's "L" conversion is ITU-R 601-2 luma: the Y of YUV (0.299, 0.587, 0.114).
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def read_slice(path):
+    """Decodes one image file to a uint8 Y array; ValueError if unusable."""
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return luma_uint8(image)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"not a readable image ({error})") from None
+
+
+def pad_or_crop(image, size):
+    """Pads with black at the bottom/right, or centre-crops, to size x size."""
+    height, width = image.shape
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    image = image[top:top + size, left:left + size]
+    out = np.zeros((size, size), dtype=image.dtype)
+    out[:image.shape[0], :image.shape[1]] = image
+    return out
+
+
+def load_slices(paths, size=constants.TARGET_SIZE, progress=True):
+    """Decodes, pads and reduces to Y every usable file, once.
+
+    Unusable files get one warning each and are left out.
+    """
+    from tqdm import tqdm
+
+    images, kept = [], []
+    for path in tqdm(paths, desc="reading slices", unit="img", disable=not progress, leave=False):
+        try:
+            images.append(pad_or_crop(read_slice(path), size))
+            kept.append(path)
+        except ValueError as error:
+            warnings.warn(f"skipping {path}: {error}", stacklevel=2)
+    stack = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+    return Split(stack, kept)
+
+
+def split_train_validation(paths, fraction=constants.VALIDATION_SPLIT, seed=constants.SEED):
+    """Shuffles with a fixed seed and holds out `fraction` for validation."""
+    shuffled = sorted(paths)
+    random.Random(seed).shuffle(shuffled)
+    n_val = int(round(len(shuffled) * fraction))
+    if len(shuffled) > 1:
+        n_val = min(max(n_val, 1), len(shuffled) - 1)
+    else:
+        n_val = 0
+    return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
+
+
+def check_data_dir(data_dir):
+    """Raises ValueError naming what is missing from an AD_NC-style tree."""
+    if not os.path.isdir(data_dir):
+        raise ValueError(f"--data-dir {data_dir}: no such directory")
+    for split in ("train", "test"):
+        split_dir = os.path.join(data_dir, split)
+        if not os.path.isdir(split_dir):
+            raise ValueError(f"--data-dir {data_dir}: no {split}/ folder (expected {split}/<class>/*.png|jpg)")
+        if not list_images(split_dir):
+            raise ValueError(f"--data-dir {data_dir}: no images in {split}/")
+
+
+# --- Pairs -------------------------------------------------------------------
+
+def downsample(target, factor=constants.UPSCALE_FACTOR):
+    """Area (box) downsampling of (..., H, W, C) by an integer factor."""
+    import tensorflow as tf
+
+    height, width = tf.shape(target)[-3] // factor, tf.shape(target)[-2] // factor
+    return tf.image.resize(target, (height, width), method="area")
+
+
+def make_pair(target, factor=constants.UPSCALE_FACTOR):
+    """(input, target): the [0,1] Y target and its area-downsampled input."""
+    return downsample(target, factor), target
+
+
+def to_unit_float(images):
+    """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1]."""
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32)[..., None] / 255.0
+
+
+def tissue_boxes(images, threshold=12):
+    """Per image (top, bottom, left, right) of pixels brighter than threshold."""
+    boxes = []
+    for image in images:
+        rows, cols = np.nonzero(image.max(axis=1) > threshold)[0], np.nonzero(image.max(axis=0) > threshold)[0]
+        if len(rows) == 0:
+            boxes.append((0, image.shape[0] - 1, 0, image.shape[1] - 1))
+        else:
+            boxes.append((rows[0], rows[-1], cols[0], cols[-1]))
+    return np.asarray(boxes, dtype=np.int32)
+
+
+def crop_at_tissue(image, box, patch, seed):
+    """A patch x patch crop whose centre lies inside the tissue box."""
+    import tensorflow as tf
+
+    size = tf.shape(image)[0]
+    centre = tf.random.stateless_uniform([2], seed, minval=0.0, maxval=1.0)
+    cy = tf.cast(box[0], tf.float32) + centre[0] * tf.cast(box[1] - box[0], tf.float32)
+    cx = tf.cast(box[2], tf.float32) + centre[1] * tf.cast(box[3] - box[2], tf.float32)
+    top = tf.clip_by_value(tf.cast(cy, tf.int32) - patch // 2, 0, size - patch)
+    left = tf.clip_by_value(tf.cast(cx, tf.int32) - patch // 2, 0, size - patch)
+    return image[top:top + patch, left:left + patch, :]
+
+
+def augment_target(target, seed):
+    """Random flips, 90-degree turns, intensity scale/gamma and noise.
+
+    Everything is applied to the high-resolution target, before the input is
+    made from it, so (input, target) stay an exact area-downsampling pair.
+    """
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    target = tf.image.stateless_random_flip_left_right(target, seeds[0])
+    target = tf.image.stateless_random_flip_up_down(target, seeds[1])
+    turns = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
+    target = tf.image.rot90(target, turns)
+    scale_gamma_noise = tf.random.stateless_uniform([3], seeds[3])
+    gamma = tf.exp((scale_gamma_noise[1] - 0.5) * 1.2)        # 0.55 .. 1.82
+    target = tf.pow(tf.maximum(target, 0.0), gamma)
+    target = target * (0.6 + 0.4 * scale_gamma_noise[0])       # peak 0.6 .. 1.0
+    sigma = 0.03 * scale_gamma_noise[2] ** 2                   # mostly small
+    noise = tf.random.stateless_normal(tf.shape(target), seeds[4], stddev=sigma)
+    return tf.clip_by_value(target + noise, 0.0, 1.0)
+
+
+def quantize_input(low_res):
+    """Rounds to 8-bit levels: users feed 8-bit PNGs at prediction time."""
+    import tensorflow as tf
+
+    return tf.round(low_res * 255.0) / 255.0
+
+
+def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, patch=constants.PATCH_SIZE,
+                          patches_per_image=constants.PATCHES_PER_IMAGE, augment=constants.AUGMENT,
+                          seed=constants.SEED):
+    """Shuffled, augmented (input, target) batches from uint8 slices.
+
+    Decoding, padding and the Y conversion were done once by load_slices; the
+    per-epoch work (crop, augment, downsample) runs in a parallel map.
+    """
+    import tensorflow as tf
+
+    patch = patch if patch and patch < images.shape[1] else 0
+    patch -= patch % factor
+    boxes = tissue_boxes(images)
+    repeats = patches_per_image if patch else 1
+    index = tf.data.Dataset.range(len(images)).repeat(repeats)
+    data = index.shuffle(len(images) * repeats, seed=seed, reshuffle_each_iteration=True)
+    data = tf.data.Dataset.zip((data, tf.data.Dataset.random(seed=seed).batch(2)))
+    images_t, boxes_t = tf.constant(images), tf.constant(boxes)
+
+    def example(i, pair_seed):
+        target = to_unit_float(images_t[i])
+        if patch:
+            target = crop_at_tissue(target, boxes_t[i], patch, pair_seed)
+        if augment:
+            target = augment_target(target, pair_seed + 1)
+        low_res, target = make_pair(target, factor)
+        return (quantize_input(low_res) if augment else low_res), target
+
+    data = data.map(example, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR):
+    """(input, target) batches of whole slices, in file order, no randomness."""
+    import tensorflow as tf
+
+    data = tf.data.Dataset.from_tensor_slices(images)
+    data = data.map(lambda image: make_pair(to_unit_float(image), factor), num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)
+
+
+# --- Embedded sample ---------------------------------------------------------
+
+def template_volume():
+    """The MNI152 T1 template (1 mm) shipped inside nilearn, as float [0, 1]."""
+    from nilearn.datasets import load_mni152_template
+
+    volume = load_mni152_template(resolution=1).get_fdata(dtype=np.float32)
+    return np.clip(volume / volume.max(), 0.0, 1.0)
+
+
+def sample_slab_ranges(depth, test_fraction=constants.SAMPLE_TEST_FRACTION, gap=constants.SAMPLE_GAP_SLICES):
+    """Axial index ranges: (train_below, test, train_above), gaps between."""
+    n_test = max(1, int(round(depth * test_fraction)))
+    start = (depth - n_test) // 2
+    return (0, start - gap), (start, start + n_test), (start + n_test + gap, depth)
+
+
+def slice_to_image(plane, size=constants.SAMPLE_SIZE):
+    """A 2D slice (rows=anterior..posterior etc.) centred on a black W x H canvas, 8-bit."""
+    width, height = size
+    plane = np.rot90(plane)  # radiological display: superior/anterior at the top
+    canvas = np.zeros((height, width), dtype=np.uint8)
+    h, w = min(plane.shape[0], height), min(plane.shape[1], width)
+    top, left = (height - h) // 2, (width - w) // 2
+    src_top, src_left = (plane.shape[0] - h) // 2, (plane.shape[1] - w) // 2
+    pixels = np.round(plane[src_top:src_top + h, src_left:src_left + w] * 255.0)
+    canvas[top:top + h, left:left + w] = pixels.astype(np.uint8)
+    return canvas
+
+
+def sample_slices(volume, min_tissue=0.02):
+    """(split, orientation, index, image) for every informative slice.
+
+    Test: the axial slices of one central slab.  Train: axial, coronal and
+    sagittal slices of the two blocks above and below it (with a gap), so no
+    training pixel comes from, or neighbours, a test voxel.
+    """
+    below, test, above = sample_slab_ranges(volume.shape[2])
+    blocks = {"test": [volume[:, :, test[0]:test[1]]],
+              "train": [volume[:, :, below[0]:below[1]], volume[:, :, above[0]:above[1]]]}
+    for split, parts in blocks.items():
+        for part_no, part in enumerate(parts):
+            orientations = {"axial": 2} if split == "test" else {"axial": 2, "coronal": 1, "sagittal": 0}
+            for name, axis in orientations.items():
+                for index in range(part.shape[axis]):
+                    plane = np.take(part, index, axis=axis)
+                    if (plane > 0.05).mean() >= min_tissue:
+                        yield split, name, f"{part_no}{index:03d}", slice_to_image(plane)
+
+
+def build_sample_dataset(data_dir):
+    """Writes the embedded MNI152 sample in AD_NC layout; returns counts."""
+    counts = {"train": 0, "test": 0}
+    tmp_dir = data_dir.rstrip("/\\") + ".partial"
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # left by an interrupted build
+    for split, orientation, key, image in sample_slices(template_volume()):
+        folder = os.path.join(tmp_dir, split, orientation)
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(image).save(os.path.join(folder, f"mni152_{orientation}_{key}.png"))
+        counts[split] += 1
+    os.makedirs(os.path.dirname(os.path.abspath(data_dir)), exist_ok=True)
+    os.replace(tmp_dir, data_dir)  # appears whole or not at all
+    return counts
+
+
+def ensure_default_data(data_dir):
+    """Builds the embedded sample at the default data dir when it is absent."""
+    if os.path.isdir(data_dir):
+        return
+    print(f"{data_dir} not found: building the embedded sample from nilearn's MNI152 T1 template ...")
+    counts = build_sample_dataset(data_dir)
+    print(f"built {counts['train']} training and {counts['test']} test slices "
+          f"(256x240 PNG, AD_NC layout) in {data_dir}")

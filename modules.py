@@ -1,0 +1,146 @@
+"""The ESPCN model (Shi et al. 2016) and its image-quality metrics.
+
+Three feature convolutions (64@5x5, 64@3x3, 32@3x3, relu, orthogonal init,
+same padding), a convolution to upscale^2 channels, and a sub-pixel
+(depth-to-space) rearrangement to upscale x the input size.  Fully
+convolutional: any input size works.
+
+The one deviation from the seed: the last convolution is linear instead of
+relu.  With relu there, a channel whose pre-activation goes negative for every
+pixel gets no gradient again and stays black forever; each dead channel is one
+of the 16 sub-pixel phases, so the output gets a black dot on every 4x4 cell
+(2 of 16 died in a first run here).  A linear layer always passes gradient, so
+that failure cannot happen; outputs are clipped to [0, 1] when they are used.
+"""
+import keras
+import tensorflow as tf
+
+import constants
+
+
+@keras.saving.register_keras_serializable(package="espcn")
+class DepthToSpace(keras.layers.Layer):
+    """Sub-pixel shuffle: (H, W, r*r*C) -> (r*H, r*W, C), as tf.nn.depth_to_space."""
+
+    def __init__(self, upscale_factor, **kwargs):
+        super().__init__(**kwargs)
+        self.upscale_factor = int(upscale_factor)
+
+    def call(self, inputs):
+        return tf.nn.depth_to_space(inputs, self.upscale_factor)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        r = self.upscale_factor
+        scale = lambda size: None if size is None else size * r  # noqa: E731
+        return batch, scale(height), scale(width), channels // (r * r)
+
+    def get_config(self):
+        return {**super().get_config(), "upscale_factor": self.upscale_factor}
+
+
+def get_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=constants.FILTERS):
+    """The seed's ESPCN for `upscale_factor` (x2 .. x8), any input size."""
+    if not 2 <= int(upscale_factor) <= 8:
+        raise ValueError(f"upscale factor must be an integer from 2 to 8, got {upscale_factor}")
+    conv_args = {"activation": "relu", "kernel_initializer": "orthogonal", "padding": "same"}
+    inputs = keras.Input(shape=(None, None, channels), name="low_res")
+    x = keras.layers.Conv2D(filters[0], 5, name="conv1", **conv_args)(inputs)
+    x = keras.layers.Conv2D(filters[1], 3, name="conv2", **conv_args)(x)
+    x = keras.layers.Conv2D(filters[2], 3, name="conv3", **conv_args)(x)
+    x = keras.layers.Conv2D(channels * upscale_factor ** 2, 3, padding="same", kernel_initializer="orthogonal",
+                            name="conv4_linear")(x)
+    # float32 output even under mixed precision: the loss and PSNR need it.
+    outputs = DepthToSpace(upscale_factor, dtype="float32", name="depth_to_space")(x)
+    return keras.Model(inputs, outputs, name=f"espcn_x{upscale_factor}")
+
+
+def model_upscale_factor(model):
+    """The upscale factor a loaded model was built for."""
+    for layer in model.layers:
+        if isinstance(layer, DepthToSpace):
+            return layer.upscale_factor
+    raise ValueError(f"model {model.name} has no DepthToSpace layer: not an ESPCN model")
+
+
+def gaussian_band(size, taps):
+    """(size - len(taps) + 1, size) matrix whose product with a column is a VALID 1-D filter."""
+    width = taps.shape[0]
+    rows = tf.range(size - width + 1)[:, None]
+    offsets = tf.range(size)[None, :] - rows
+    inside = (offsets >= 0) & (offsets < width)
+    return tf.where(inside, tf.gather(taps, tf.clip_by_value(offsets, 0, width - 1)), 0.0)
+
+
+def ssim(a, b, max_val=1.0, filter_size=11, sigma=1.5, k1=0.01, k2=0.03):
+    """Per-image SSIM of (N, H, W, 1) images; the same numbers as tf.image.ssim.
+
+    Written out because tf.image.ssim filters with an 11x11 depthwise
+    convolution that takes ~150 ms per 256x256 slice on a CPU.  The Gaussian
+    is separable, so here it is two band-matrix products, one per axis, which
+    run on the fast matrix-multiply kernels (~20x faster).
+    """
+    coords = tf.range(filter_size, dtype=tf.float32) - (filter_size - 1) / 2.0
+    taps = tf.nn.softmax(-0.5 * tf.square(coords) / sigma ** 2)
+    rows, cols = gaussian_band(tf.shape(a)[1], taps), gaussian_band(tf.shape(a)[2], taps)
+
+    def blur(x):  # (N, H, W, 1) -> (N, H-10, W-10)
+        return tf.matmul(tf.matmul(rows, x[..., 0]), cols, transpose_b=True)
+
+    c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
+    mean_a, mean_b = blur(a), blur(b)
+    num0, den0 = 2.0 * mean_a * mean_b, tf.square(mean_a) + tf.square(mean_b)
+    luminance = (num0 + c1) / (den0 + c1)
+    contrast_structure = (2.0 * blur(a * b) - num0 + c2) / (blur(tf.square(a) + tf.square(b)) - den0 + c2)
+    return tf.reduce_mean(luminance * contrast_structure, axis=[1, 2])
+
+
+@tf.function(reduce_retracing=True)
+def psnr_ssim(prediction, target):
+    """Per-image PSNR (dB) and SSIM of [0,1] images, prediction clipped to [0,1]."""
+    prediction = tf.clip_by_value(tf.cast(prediction, tf.float32), 0.0, 1.0)
+    target = tf.cast(target, tf.float32)
+    return tf.image.psnr(prediction, target, max_val=1.0), ssim(prediction, target)
+
+
+class PSNRCallback(keras.callbacks.Callback):
+    """Adds the validation set's true mean per-image PSNR and SSIM to the logs.
+
+    The seed reported 10*log10(1/loss) of a batch, which is the PSNR of the
+    batch's mean squared error, not the mean of per-image PSNRs.  This runs the
+    model over every validation slice after each epoch and logs val_psnr and
+    val_ssim (and val_loss, the mean MSE, when the logs lack it), so they land
+    in the history.
+    """
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+        self.scores = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = self.scores = evaluate_pairs(self.model, self.dataset)
+        if logs is not None:
+            logs.setdefault("val_loss", scores["loss"])
+            logs["val_psnr"], logs["val_ssim"] = scores["psnr"], scores["ssim"]
+
+
+@tf.function(reduce_retracing=True)
+def _scores_of_batch(model, low_res, target):
+    prediction = model(low_res, training=False)
+    psnr, ssim = psnr_ssim(prediction, target)
+    mse = tf.reduce_mean(tf.square(tf.cast(prediction, tf.float32) - target), axis=[1, 2, 3])
+    return mse, psnr, ssim
+
+
+def evaluate_pairs(model, dataset):
+    """Mean per-image MSE ("loss"), PSNR and SSIM of the model on (input, target) batches."""
+    totals = {"loss": 0.0, "psnr": 0.0, "ssim": 0.0}
+    count = 0
+    for low_res, target in dataset:
+        for name, values in zip(totals, _scores_of_batch(model, low_res, target)):
+            totals[name] += float(tf.reduce_sum(values))
+        count += int(target.shape[0])
+    if count == 0:
+        raise ValueError("evaluation set is empty")
+    return {name: total / count for name, total in totals.items()}

@@ -1,0 +1,404 @@
+"""Train the x4 ESPCN on brain-MRI slices.
+
+usage: python train.py [--data-dir DIR] [--output-dir DIR] [--epochs N] [--batch-size N] ...
+
+Writes <output-dir>/espcn.keras (best validation loss), history.csv, and the
+two training plots (psnr.png, loss.png).  With the default --data-dir and no
+data there, it first builds the embedded MNI152 sample.  An interrupted run
+(Ctrl-C, SIGTERM, kill -9) resumes from its last completed epoch when the same
+command is run again.
+
+One training loop serves one device, all local GPUs and many machines: a
+custom loop over tf.distribute (strategy.run / strategy.reduce) rather than
+model.fit, because Keras 3.15's fit fails under MultiWorkerMirroredStrategy.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import constants
+
+
+# --- Command line ------------------------------------------------------------
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def fraction(text):
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def upscale_factor(text):
+    value = positive_int(text)
+    if not 2 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"the model can upscale x2 to x8, got {value}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", default=constants.DATA_DIR, help="AD_NC-style tree with train/ and test/")
+    parser.add_argument("--output-dir", default=constants.OUTPUT_DIR, help="where the model, history and plots go")
+    parser.add_argument("--epochs", type=positive_int, default=constants.EPOCHS)
+    parser.add_argument("--batch-size", type=positive_int, default=constants.BATCH_SIZE, help="per replica")
+    parser.add_argument("--learning-rate", type=positive_float, default=constants.LEARNING_RATE,
+                        help="Adam, for one replica; multiplied by the replica count")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=constants.LR_SCHEDULE)
+    parser.add_argument("--patience", type=positive_int, default=constants.PATIENCE,
+                        help="epochs without a better validation loss before stopping")
+    parser.add_argument("--validation-split", type=fraction, default=constants.VALIDATION_SPLIT)
+    parser.add_argument("--seed", type=int, default=constants.SEED)
+    parser.add_argument("--upscale-factor", type=upscale_factor, default=constants.UPSCALE_FACTOR)
+    parser.add_argument("--patch-size", type=non_negative_int, default=constants.PATCH_SIZE,
+                        help="high-resolution training crop; 0 = whole slices")
+    parser.add_argument("--patches-per-image", type=positive_int, default=constants.PATCHES_PER_IMAGE)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=constants.AUGMENT,
+                        help="flips, turns, intensity scale/gamma and noise on training crops")
+    parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+                        default=constants.PRECISION)
+    parser.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+    parser.add_argument("--strategy", choices=("auto", "one_device", "mirrored", "multi_worker"),
+                        default=constants.STRATEGY, help="multi_worker reads the cluster from TF_CONFIG")
+    return parser.parse_args(argv)
+
+
+# --- Set-up ------------------------------------------------------------------
+
+def cpu_has_bf16():
+    """True on CPUs with native bfloat16 math (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = info.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(name):
+    """The Keras dtype policy for --precision (see constants.PRECISION)."""
+    import tensorflow as tf
+
+    if name != "auto":
+        return name
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def make_strategy(name):
+    import tensorflow as tf
+
+    if name == "auto":
+        name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "one_device"
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multi_worker needs the TF_CONFIG environment variable (see README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()  # the default: one device, no wrapping
+
+
+def is_chief(strategy):
+    """Worker 0 (or the 'chief' task) writes the real outputs; others write to temp."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def load_data(args):
+    """Decoded training, validation and test-free slices; ValueError on bad data."""
+    import dataset
+
+    if args.data_dir == constants.DATA_DIR:
+        dataset.ensure_default_data(args.data_dir)
+    dataset.check_data_dir(args.data_dir)
+    paths = dataset.list_images(os.path.join(args.data_dir, "train"))
+    train_paths, val_paths = dataset.split_train_validation(paths, args.validation_split, args.seed)
+    train = dataset.load_slices(train_paths)
+    val = dataset.load_slices(val_paths)
+    if len(train.paths) == 0:
+        raise ValueError(f"--data-dir {args.data_dir}: no usable training image in train/")
+    if len(val.paths) == 0:  # tiny sets: validate on the training slices rather than not at all
+        print("note: no usable validation image; validating on the training slices")
+        val = train
+    print(f"{len(train.paths)} training and {len(val.paths)} validation slices from {args.data_dir}")
+    return train, val
+
+
+# --- Outputs -----------------------------------------------------------------
+
+HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "val_psnr", "val_ssim", "learning_rate")
+
+
+def write_atomically(path, write):
+    """Calls write(tmp_path), then renames: `path` is never half-written."""
+    root, ext = os.path.splitext(path)
+    tmp_path = f"{root}.partial{ext}"
+    write(tmp_path)
+    os.replace(tmp_path, path)
+
+
+def save_history_csv(rows, path):
+    def write(tmp_path):
+        with open(tmp_path, "w") as out:
+            out.write(",".join(HISTORY_COLUMNS) + "\n")
+            for row in rows:
+                out.write(",".join(str(row[name]) for name in HISTORY_COLUMNS) + "\n")
+    write_atomically(path, write)
+
+
+def save_training_plots(rows, output_dir):
+    """The seed report's two plots: PSNR per epoch; loss and val_loss per epoch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in rows]
+    for name, series, ylabel in (("psnr.png", ("val_psnr",), "mean PSNR (dB)"),
+                                 ("loss.png", ("loss", "val_loss"), "MSE loss")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in series:
+            ax.plot(epochs, [row[key] for row in rows], marker="o", markersize=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        write_atomically(os.path.join(output_dir, name), lambda tmp: fig.savefig(tmp, dpi=110))
+        plt.close(fig)
+
+
+def check_output_dir(output_dir):
+    """Creates the output dir; ValueError naming it if it cannot be written."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir):
+            pass
+    except OSError as error:
+        raise ValueError(f"--output-dir {output_dir}: cannot write there ({error.strerror or error})") from None
+
+
+# --- Training ----------------------------------------------------------------
+
+class TrainingState:
+    """Everything an interrupted run needs to go on, in one TF checkpoint.
+
+    Keras' BackupAndRestore keeps only weights and the epoch number; resuming
+    here must also bring back the optimizer, the early-stopping counters, the
+    best weights so far and the history, all from the same instant, so that
+    history.csv holds every epoch exactly once after a kill -9.
+    """
+
+    def __init__(self, model, optimizer):
+        import tensorflow as tf
+
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64, trainable=False)
+        self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False)
+        self.best_weights = [tf.Variable(w, trainable=False) for w in model.get_weights()]
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, wait=self.wait,
+                                              best_val_loss=self.best_val_loss, history=self.history_json,
+                                              best_weights=self.best_weights)
+
+    @property
+    def history(self):
+        return json.loads(self.history_json.numpy().decode())
+
+    def record(self, row, model, improved, wait):
+        self.history_json.assign(json.dumps(self.history + [row]))
+        self.epoch.assign(row["epoch"] + 1)
+        self.wait.assign(wait)
+        if improved:
+            self.best_val_loss.assign(row["val_loss"])
+            for variable, weight in zip(self.best_weights, model.get_weights()):
+                variable.assign(weight)
+
+
+def make_optimizer(args, steps_per_epoch, replicas, policy):
+    import keras
+
+    learning_rate = args.learning_rate * replicas  # linear scaling with the global batch
+    if args.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(1, args.epochs * steps_per_epoch), alpha=0.02)
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if policy == "mixed_float16":  # float16 gradients underflow without loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def make_train_step(model, optimizer, strategy, jit):
+    import tensorflow as tf
+
+    def replica_step(low_res, target):
+        with tf.GradientTape() as tape:
+            prediction = model(low_res, training=True)
+            per_image = tf.reduce_mean(tf.square(prediction - target), axis=[1, 2, 3])
+            loss = tf.nn.compute_average_loss(per_image)  # divided by the global batch
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    @tf.function(jit_compile=jit)
+    def compiled_replica_step(low_res, target):
+        return replica_step(low_res, target)
+
+    @tf.function
+    def train_step(batch):
+        losses = strategy.run(compiled_replica_step if jit else replica_step, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    return train_step
+
+
+def current_learning_rate(optimizer):
+    lr = optimizer.learning_rate
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+
+def distribute(strategy, data):
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(data.with_options(options))
+
+
+def train(args):
+    """Runs (or resumes) training; returns the history rows."""
+    import keras
+    import tensorflow as tf
+
+    import dataset
+    import modules
+
+    strategy = make_strategy(args.strategy)
+    chief = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    print(f"strategy: {type(strategy).__name__}, replicas in sync: {replicas}")
+    policy = choose_precision(args.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    print(f"precision: {policy}")
+
+    train_set, val_set = load_data(args)
+    n_examples = len(train_set.images) * (args.patches_per_image if args.patch_size else 1)
+    per_replica = min(args.batch_size, max(1, n_examples // replicas))
+    if per_replica < args.batch_size:
+        print(f"note: only {n_examples} training examples; batch size {per_replica} per replica")
+    global_batch = per_replica * replicas
+    steps_per_epoch = n_examples // global_batch
+
+    output_dir = args.output_dir if chief else tempfile.mkdtemp(prefix="espcn_worker_")
+    backup_dir = os.path.join(args.output_dir, "backup") if chief else os.path.join(output_dir, "backup")
+    model_path = os.path.join(output_dir, constants.MODEL_FILENAME)
+    with strategy.scope():
+        model = modules.get_model(args.upscale_factor)
+        optimizer = make_optimizer(args, steps_per_epoch, replicas, policy)
+        optimizer.build(model.trainable_variables)
+    state = TrainingState(model, optimizer)
+    manager = tf.train.CheckpointManager(state.checkpoint, backup_dir, max_to_keep=1)
+    restore_from = tf.train.latest_checkpoint(os.path.join(args.output_dir, "backup"))
+    if restore_from:
+        state.checkpoint.restore(restore_from).expect_partial()
+        print(f"resumed from {restore_from}: continuing at epoch {int(state.epoch.numpy()) + 1} of {args.epochs}")
+
+    train_step = make_train_step(model, optimizer, strategy, args.jit)
+    val_data = dataset.make_eval_dataset(val_set.images, per_replica, args.upscale_factor)
+    psnr_callback = modules.PSNRCallback(val_data)
+    callbacks = keras.callbacks.CallbackList([psnr_callback], add_progbar=True, model=model,
+                                             verbose=1 if chief else 0, epochs=args.epochs, steps=steps_per_epoch)
+    rows = state.history
+    while int(state.epoch.numpy()) < args.epochs and int(state.wait.numpy()) < args.patience:
+        epoch = int(state.epoch.numpy())
+        train_data = dataset.make_training_dataset(train_set.images, global_batch, args.upscale_factor,
+                                                   args.patch_size, args.patches_per_image, args.augment,
+                                                   seed=args.seed + epoch)
+        callbacks.on_epoch_begin(epoch)
+        total = 0.0
+        for step, batch in enumerate(distribute(strategy, train_data)):
+            if step >= steps_per_epoch:
+                break
+            total += float(train_step(batch))
+            callbacks.on_train_batch_end(step, {"loss": total / (step + 1)})
+        callbacks.on_epoch_end(epoch, {"loss": total / steps_per_epoch})  # the PSNR callback validates
+        val = psnr_callback.scores
+        row = {"epoch": epoch, "loss": total / steps_per_epoch, "val_loss": val["loss"], "val_psnr": val["psnr"],
+               "val_ssim": val["ssim"], "learning_rate": current_learning_rate(optimizer)}
+        improved = row["val_loss"] < float(state.best_val_loss.numpy())
+        if improved:
+            write_atomically(model_path, model.save)
+        state.record(row, model, improved, 0 if improved else int(state.wait.numpy()) + 1)
+        manager.save()
+        rows = state.history
+        save_history_csv(rows, os.path.join(output_dir, "history.csv"))
+    if int(state.wait.numpy()) >= args.patience:
+        print(f"early stopping: no better validation loss for {args.patience} epochs")
+
+    model.set_weights([w.numpy() for w in state.best_weights])
+    write_atomically(model_path, model.save)
+    save_history_csv(rows, os.path.join(output_dir, "history.csv"))
+    save_training_plots(rows, output_dir)
+    best = min(rows, key=lambda row: row["val_loss"])
+    print(f"best epoch {best['epoch'] + 1}: val_loss {best['val_loss']:.5f}, "
+          f"val PSNR {best['val_psnr']:.2f} dB, val SSIM {best['val_ssim']:.4f}")
+    shutil.rmtree(backup_dir, ignore_errors=True)  # finished: nothing to resume
+    if not chief:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    else:
+        print(f"wrote {model_path}, history.csv, psnr.png and loss.png in {output_dir}")
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        check_output_dir(args.output_dir)
+        train(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume from the last completed epoch",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
