@@ -204,6 +204,307 @@ def run_evaluation(model, args):
     return summary
 
 
+# --- The user's own scans ----------------------------------------------------
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def kind_of(path):
+    """'nifti', 'image' or None (unsupported) from the file name."""
+    name = path.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    return "image" if name.endswith(constants.IMAGE_SUFFIXES) else None
+
+
+def stem_of(path):
+    name = os.path.basename(path)
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return os.path.splitext(name)[0]
+
+
+def expand_inputs(paths):
+    """Files to process: each given file, and the supported files inside each given folder."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            inside = sorted(os.path.join(path, name) for name in os.listdir(path))
+            files += [p for p in inside if os.path.isfile(p) and kind_of(p)]
+        else:
+            files.append(path)
+    return files
+
+
+def save_atomically(path, save):
+    """save(tmp_path) then rename: an output is never left half-written."""
+    name = os.path.basename(path)
+    tmp_path = os.path.join(os.path.dirname(path), f".partial-{name}")
+    try:
+        save(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def upscale_plane(model, plane, batch_size=constants.PREDICT_BATCH_SIZE):
+    """Model output for one float (h, w) plane in [0, 1]."""
+    return upscale_planes(model, plane[None], batch_size)[0]
+
+
+def upscale_planes(model, planes, batch_size, progress=None):
+    """Model output for (n, h, w) float planes, batch by batch (bounded memory)."""
+    factor = __import__("modules").model_upscale_factor(model)
+    n, height, width = planes.shape
+    out = np.empty((n, height * factor, width * factor), np.float32)
+    for start in range(0, n, batch_size):
+        batch = planes[start:start + batch_size, ..., None].astype(np.float32)
+        out[start:start + batch_size] = np.asarray(model.predict_on_batch(batch), np.float32)[..., 0]
+        if progress is not None:
+            progress.update(len(batch))
+    return out
+
+
+def open_image(path):
+    from PIL import Image
+
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"not a readable image ({error})") from None
+    return image
+
+
+def upscale_grey_values(model, values, bits):
+    """Upscales a greyscale array in its own intensity range; returns float output."""
+    values = values.astype(np.float32)
+    if bits == 8:
+        low, high = 0.0, 255.0
+    else:  # 16-bit, 32-bit and float files: the file's own range, min to max
+        low, high = float(values.min()), float(values.max())
+    span = high - low if high > low else 1.0
+    out = upscale_plane(model, (values - low) / span)
+    return np.clip(out, 0.0, 1.0) * span + low
+
+
+def upscale_image(model, image):
+    """The x4 PIL image for a PIL image of any mode, and the file suffix to save it with."""
+    from PIL import Image
+
+    factor = __import__("modules").model_upscale_factor(model)
+    size = (image.width * factor, image.height * factor)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("L" if image.mode == "1" else "RGB")
+    alpha = image.getchannel("A").resize(size, Image.BICUBIC) if image.mode in ("RGBA", "LA", "PA") else None
+    if image.mode == "F":
+        out = upscale_grey_values(model, np.asarray(image), 32)
+        return Image.fromarray(out.astype(np.float32), mode="F"), ".tif"
+    if image.mode in HIGH_DEPTH_MODES:
+        values = np.asarray(image)
+        out = np.round(upscale_grey_values(model, values, 16))
+        out = np.clip(out, 0, 65535).astype(np.uint16)
+        return Image.fromarray(out), ".png"
+    if image.mode in ("L", "LA"):
+        out = upscale_grey_values(model, np.asarray(image.getchannel("L")), 8)
+        result = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+        if alpha is not None:
+            result = Image.merge("LA", (result, alpha))
+        return result, ".png"
+    # Colour: the model upscales Y, chroma is upscaled bicubically (as the Keras ESPCN example does).
+    y, cb, cr = image.convert("RGB").convert("YCbCr").split()
+    out_y = upscale_grey_values(model, np.asarray(y), 8)
+    out_y = Image.fromarray(np.clip(np.round(out_y), 0, 255).astype(np.uint8))
+    result = Image.merge("YCbCr", (out_y, cb.resize(size, Image.BICUBIC), cr.resize(size, Image.BICUBIC)))
+    result = result.convert("RGB")
+    if alpha is not None:
+        result.putalpha(alpha)
+    return result, ".png"
+
+
+def super_resolve_image(model, path, output_dir):
+    with open_image(path) as image:
+        result, suffix = upscale_image(model, image)
+    out_path = os.path.join(output_dir, f"{stem_of(path)}_x{model_factor(model)}{suffix}")
+    check_not_input(out_path, path)
+    save_atomically(out_path, lambda tmp: result.save(tmp, format="TIFF" if suffix == ".tif" else "PNG"))
+    return out_path
+
+
+def model_factor(model):
+    import modules
+
+    return modules.model_upscale_factor(model)
+
+
+def check_not_input(out_path, in_path):
+    if os.path.exists(out_path) and os.path.samefile(out_path, in_path):
+        raise ValueError(f"output {out_path} would overwrite the input")
+
+
+# --- NIfTI volumes -------------------------------------------------------------
+
+def load_nifti(path):
+    import nibabel as nib
+
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file")
+    try:
+        image = nib.load(path)
+        data = image.get_fdata(dtype=np.float32)
+    except Exception as error:  # nibabel, gzip and zlib each raise their own kinds
+        raise ValueError(f"not a readable NIfTI volume ({type(error).__name__}: {error})") from None
+    if data.ndim not in (3, 4):
+        raise ValueError(f"a {data.ndim}D volume; only 3D volumes (or 4D series of them) are supported")
+    return image, data
+
+
+def upscaled_affine(affine, axis, factor):
+    """The affine of the x`factor` in-plane grid covering exactly the same world extent.
+
+    Output voxel i along an in-plane axis has its centre at input voxel
+    coordinate (i + 0.5) / factor - 0.5, e.g. -0.375 for i = 0 at x4.
+    """
+    step = np.eye(4)
+    for k in range(3):
+        if k != axis:
+            step[k, k] = 1.0 / factor
+            step[k, 3] = 0.5 / factor - 0.5
+    return affine @ step
+
+
+def robust_range(data):
+    low, high = np.percentile(data, [0.5, 99.5])
+    if high <= low:
+        low, high = float(data.min()), float(data.max())
+    return float(low), float(high) if high > low else float(low) + 1.0
+
+
+def upscale_volume(model, volume, axis, batch_size, progress=None):
+    """Every slice across `axis` of a 3D volume, upscaled in-plane, in the volume's units."""
+    low, high = robust_range(volume)
+    planes = np.moveaxis(volume, axis, 0)
+    scaled = (planes - low) / (high - low)
+    out = upscale_planes(model, scaled, batch_size, progress) * (high - low) + low
+    out = np.clip(out, float(volume.min()), float(volume.max()))
+    return np.moveaxis(out, 0, axis)
+
+
+def super_resolve_nifti(model, path, output_dir, axis, batch_size):
+    import nibabel as nib
+    from tqdm import tqdm
+
+    image, data = load_nifti(path)
+    factor = model_factor(model)
+    volumes = [data] if data.ndim == 3 else [data[..., t] for t in range(data.shape[3])]
+    with tqdm(total=sum(v.shape[axis] for v in volumes), desc=os.path.basename(path), unit="slice",
+              leave=False) as progress:
+        outputs = [upscale_volume(model, v, axis, batch_size, progress) for v in volumes]
+    out = outputs[0] if data.ndim == 3 else np.stack(outputs, axis=-1)
+    header = image.header.copy()
+    affine = upscaled_affine(image.affine, axis, factor)
+    zooms = list(header.get_zooms())
+    for k in range(3):
+        if k != axis:
+            zooms[k] /= factor
+    result = type(image)(out.astype(np.float32), affine, header=header)
+    result.header.set_zooms(zooms)
+    for form in ("qform", "sform"):
+        code = int(header[f"{form}_code"]) if f"{form}_code" in header else 0
+        getattr(result, f"set_{form}")(affine, code=code)
+    out_path = os.path.join(output_dir, f"{stem_of(path)}_x{factor}.nii.gz")
+    check_not_input(out_path, path)
+    save_atomically(out_path, lambda tmp: nib.save(result, tmp))  # tmp ends in .nii.gz: gzipped
+    return out_path
+
+
+# --- --compare on high-resolution inputs --------------------------------------
+
+def high_res_plane(path, axis):
+    """A [0,1] 2D plane from an image (its Y) or a NIfTI volume (middle slice)."""
+    import dataset
+
+    if kind_of(path) == "nifti":
+        _, data = load_nifti(path)
+        volume = data if data.ndim == 3 else data[..., 0]
+        low, high = robust_range(volume)
+        plane = np.take(volume, volume.shape[axis] // 2, axis=axis)
+        return np.clip((plane - low) / (high - low), 0.0, 1.0)
+    with open_image(path) as image:
+        return dataset.luma_uint8(image).astype(np.float32) / 255.0
+
+
+def compare_on_input(model, path, output_dir, axis):
+    import dataset
+
+    factor = model_factor(model)
+    plane = high_res_plane(path, axis)
+    height, width = (plane.shape[0] // factor) * factor, (plane.shape[1] // factor) * factor
+    if height == 0 or width == 0:
+        raise ValueError(f"smaller than {factor}x{factor} pixels: nothing to downsample")
+    target = plane[:height, :width][None, ..., None]
+    low_res = dataset.downsample(target, factor).numpy()
+    outputs = {"bicubic": bicubic_upscale(low_res, factor), "model": np.clip(upscale_plane(model, low_res[0, ..., 0]),
+                                                                              0, 1)[None, ..., None]}
+    row = [("original", target[0], None)]
+    for name, output in outputs.items():
+        psnr, ssim = scores(output, target)
+        row.append((name, output[0], (float(psnr[0]), float(ssim[0]))))
+    out_path = os.path.join(output_dir, f"{stem_of(path)}_compare.png")
+    check_not_input(out_path, path)
+    save_comparison_figure([row], out_path, [os.path.basename(path)])
+    (_, _, (mp, ms)), (_, _, (bp, bs)) = row[2], row[1]
+    return out_path, f"model PSNR {mp:.2f} dB SSIM {ms:.4f} | bicubic PSNR {bp:.2f} dB SSIM {bs:.4f}"
+
+
+def process_input(model, path, args):
+    """One input file; returns (output path, note). ValueError on a bad file."""
+    if not os.path.exists(path):
+        raise ValueError("no such file")
+    if os.path.isdir(path):
+        raise ValueError("is a folder")
+    kind = kind_of(path)
+    if kind is None:
+        raise ValueError("unsupported kind of file (expected PNG, JPEG, BMP, TIFF, .nii or .nii.gz)")
+    if args.compare:
+        return compare_on_input(model, path, args.output_dir, args.axis)
+    if kind == "nifti":
+        return super_resolve_nifti(model, path, args.output_dir, args.axis, args.batch_size), ""
+    return super_resolve_image(model, path, args.output_dir), ""
+
+
+def run_on_inputs(model, args):
+    """Super-resolves every input; a bad file is reported and skipped. Returns the exit code."""
+    from tqdm import tqdm
+
+    files = expand_inputs(args.input)
+    if not files:
+        raise ValueError(f"--input {' '.join(args.input)}: no supported files found")
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output-dir {args.output_dir}: cannot create it ({error.strerror})") from None
+    failures = 0
+    for path in tqdm(files, desc="super-resolving", unit="file", disable=len(files) < 2):
+        try:
+            out_path, note = process_input(model, path, args)
+            tqdm.write(f"{path} -> {out_path}" + (f"  ({note})" if note else ""))
+        except Exception as error:  # one bad file must not stop the others
+            failures += 1
+            message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            tqdm.write(f"error: {path}: {message}", file=sys.stderr)
+    if failures:
+        print(f"{failures} of {len(files)} files failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:

@@ -1,0 +1,44 @@
+"""Shared test helpers: tiny AD_NC trees of real image files, made per test."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def brain_like(width, height, seed):
+    """A smooth bright ellipse with some structure on black, uint8 (height, width)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    cy, cx = height / 2 + rng.uniform(-8, 8), width / 2 + rng.uniform(-8, 8)
+    r = ((yy - cy) / (0.38 * height)) ** 2 + ((xx - cx) / (0.32 * width)) ** 2
+    image = np.where(r < 1, 140 + 60 * np.sin(xx / rng.uniform(3, 7)) * np.cos(yy / rng.uniform(3, 7)), 0)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_tree(root, n_train=6, n_test=3, size=(256, 240), classes=("AD", "NC"), suffix=".png"):
+    """<root>/{train,test}/<class>/*.png of brain-like slices; returns root."""
+    for split, count in (("train", n_train), ("test", n_test)):
+        for i in range(count):
+            folder = os.path.join(root, split, classes[i % len(classes)])
+            os.makedirs(folder, exist_ok=True)
+            image = Image.fromarray(brain_like(*size, seed=hash((split, i)) % 1000))
+            image.save(os.path.join(folder, f"{split}_{i:03d}{suffix}"))
+    return str(root)
+
+
+@pytest.fixture
+def tiny_tree(tmp_path):
+    return write_tree(tmp_path / "AD_NC")
+
+
+def run_script(*args, timeout=600, cwd=None, env=None):
+    """Runs a project script in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

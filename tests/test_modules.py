@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import modules
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (13, 17), (1, 5)])
+def test_output_is_upscale_times_input(height, width):
+    model = modules.get_model(4)
+    out = model(np.random.rand(2, height, width, 1).astype("float32"))
+    assert out.shape == (2, 4 * height, 4 * width, 1)
+    assert out.dtype == tf.float32
+
+
+def test_other_factors_build_and_bad_ones_are_refused():
+    assert modules.get_model(2)(np.zeros((1, 8, 8, 1), "float32")).shape == (1, 16, 16, 1)
+    with pytest.raises(ValueError, match="upscale factor"):
+        modules.get_model(1)
+
+
+def test_depth_to_space_matches_reference_pixel_order():
+    x = np.random.rand(2, 3, 5, 32).astype("float32")  # r=4, 2 output channels
+    got = modules.DepthToSpace(4)(x).numpy()
+    assert np.array_equal(got, tf.nn.depth_to_space(x, 4).numpy())
+    # the definition written out: out[b, 4h+i, 4w+j, c] = x[b, h, w, (4i+j)*C + c]
+    ref = x.reshape(2, 3, 5, 4, 4, 2).transpose(0, 1, 3, 2, 4, 5).reshape(2, 12, 20, 2)
+    assert np.array_equal(got, ref)
+
+
+def test_save_load_round_trip_with_safe_mode(tmp_path):
+    model = modules.get_model(4)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True, compile=False)
+    x = np.random.rand(2, 20, 24, 1).astype("float32")
+    assert np.allclose(model(x), loaded(x), atol=0)
+    assert modules.model_upscale_factor(loaded) == 4
+
+
+def test_no_sub_pixel_channel_can_die():
+    """The seed's relu on the last conv let channels die (black 4x4 grid).
+
+    Push every last-layer pre-activation far negative, as a dead relu channel
+    would be: each of the 16 sub-pixel channels must still get gradient.
+    """
+    model = modules.get_model(4)
+    last = model.get_layer("conv4_linear")
+    kernel, bias = last.get_weights()
+    last.set_weights([kernel, np.full_like(bias, -10.0)])
+    x = tf.random.uniform((2, 16, 16, 1))
+    y = tf.random.uniform((2, 64, 64, 1))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(x) - y))
+    bias_grad = tape.gradient(loss, last.bias)
+    assert np.all(np.abs(bias_grad.numpy()) > 0), bias_grad.numpy()
+
+
+def test_ssim_matches_tensorflow():
+    a = tf.random.uniform((3, 40, 33, 1), seed=1)
+    b = tf.clip_by_value(a + tf.random.normal(a.shape, stddev=0.1, seed=2), 0.0, 1.0)
+    psnr, ssim = modules.psnr_ssim(b, a)
+    assert np.allclose(ssim, tf.image.ssim(b, a, max_val=1.0), atol=1e-5)
+    assert np.allclose(psnr, tf.image.psnr(b, a, max_val=1.0), atol=1e-4)
+
+
+def test_psnr_callback_reports_mean_per_image_psnr():
+    model = modules.get_model(4)
+    x = np.random.rand(4, 8, 8, 1).astype("float32")
+    y = np.random.rand(4, 32, 32, 1).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(3)
+    callback = modules.PSNRCallback(data)
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    pred = np.clip(model(x).numpy(), 0, 1)
+    per_image = [10 * np.log10(1 / np.mean((pred[i] - y[i]) ** 2)) for i in range(4)]
+    assert logs["val_psnr"] == pytest.approx(np.mean(per_image), abs=1e-3)
+    assert logs["val_ssim"] == pytest.approx(float(tf.reduce_mean(tf.image.ssim(pred, y, 1.0))), abs=1e-5)
+    assert logs["val_loss"] == pytest.approx(np.mean((model(x).numpy() - y) ** 2), rel=1e-4)
