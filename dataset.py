@@ -15,11 +15,11 @@ are skipped with one warning each.
 import os
 import random
 import shutil
-import warnings
+import sys
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 import constants
 
@@ -57,16 +57,24 @@ def luma_uint8(image):
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def read_slice(path):
-    """Decodes one image file to a uint8 Y array; ValueError if unusable."""
+def open_image(path):
+    """The fully decoded PIL image in `path`; ValueError with the reason if unusable."""
     if os.path.getsize(path) == 0:
         raise ValueError("empty file")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return luma_uint8(image)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        image = Image.open(path)
+        image.load()
+    except UnidentifiedImageError:
+        raise ValueError("not an image file that PIL can identify") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"not a readable image ({error})") from None
+    return image
+
+
+def read_slice(path):
+    """Decodes one image file to a uint8 Y array; ValueError if unusable."""
+    with open_image(path) as image:
+        return luma_uint8(image)
 
 
 def pad_or_crop(image, size):
@@ -91,8 +99,8 @@ def load_slices(paths, size=constants.TARGET_SIZE, progress=True):
         try:
             images.append(pad_or_crop(read_slice(path), size))
             kept.append(path)
-        except ValueError as error:
-            warnings.warn(f"skipping {path}: {error}", stacklevel=2)
+        except ValueError as error:  # once per file: slices are decoded once, not per epoch
+            print(f"warning: skipping {path}: {error}", file=sys.stderr)
     stack = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     return Split(stack, kept)
 

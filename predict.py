@@ -23,22 +23,13 @@ import zipfile
 import numpy as np
 
 import constants
+from cli import OneLineErrorParser, import_tensorflow_quietly, positive_int
 
 
 # --- Command line ------------------------------------------------------------
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", default=constants.DATA_DIR, help="AD_NC-style tree; its test/ split is evaluated")
     parser.add_argument("--output-dir", default=constants.OUTPUT_DIR)
@@ -268,19 +259,6 @@ def upscale_planes(model, planes, batch_size, progress=None):
     return out
 
 
-def open_image(path):
-    from PIL import Image
-
-    if os.path.getsize(path) == 0:
-        raise ValueError("empty file")
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(f"not a readable image ({error})") from None
-    return image
-
-
 def upscale_grey_values(model, values, bits):
     """Upscales a greyscale array in its own intensity range; returns float output."""
     values = values.astype(np.float32)
@@ -330,7 +308,9 @@ def upscale_image(model, image):
 
 
 def super_resolve_image(model, path, output_dir):
-    with open_image(path) as image:
+    import dataset
+
+    with dataset.open_image(path) as image:
         result, suffix = upscale_image(model, image)
     out_path = os.path.join(output_dir, f"{stem_of(path)}_x{model_factor(model)}{suffix}")
     check_not_input(out_path, path)
@@ -437,7 +417,7 @@ def high_res_plane(path, axis):
         low, high = robust_range(volume)
         plane = np.take(volume, volume.shape[axis] // 2, axis=axis)
         return np.clip((plane - low) / (high - low), 0.0, 1.0)
-    with open_image(path) as image:
+    with dataset.open_image(path) as image:
         return dataset.luma_uint8(image).astype(np.float32) / 255.0
 
 
@@ -507,6 +487,7 @@ def run_on_inputs(model, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    import_tensorflow_quietly()
     try:
         model_path, origin = resolve_model_path(args.model, args.output_dir)
         model = load_model(model_path)

@@ -16,23 +16,15 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
 import constants
+from cli import OneLineErrorParser, import_tensorflow_quietly, positive_int
 
 
 # --- Command line ------------------------------------------------------------
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
 
 def non_negative_int(text):
     value = int(text) if text.lstrip("-").isdigit() else None
@@ -66,7 +58,7 @@ def upscale_factor(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", default=constants.DATA_DIR, help="AD_NC-style tree with train/ and test/")
     parser.add_argument("--output-dir", default=constants.OUTPUT_DIR, help="where the model, history and plots go")
@@ -287,6 +279,16 @@ def make_train_step(model, optimizer, strategy, jit):
     return train_step
 
 
+def weights_fingerprint(model):
+    """A short hash of all weights, to check that workers ended in the same place."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(weight.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def current_learning_rate(optimizer):
     lr = optimizer.learning_rate
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
@@ -377,6 +379,7 @@ def train(args):
     best = min(rows, key=lambda row: row["val_loss"])
     print(f"best epoch {best['epoch'] + 1}: val_loss {best['val_loss']:.5f}, "
           f"val PSNR {best['val_psnr']:.2f} dB, val SSIM {best['val_ssim']:.4f}")
+    print(f"weights fingerprint: {weights_fingerprint(model)}")  # equal on every worker of one run
     shutil.rmtree(backup_dir, ignore_errors=True)  # finished: nothing to resume
     if not chief:
         shutil.rmtree(output_dir, ignore_errors=True)
@@ -385,8 +388,14 @@ def train(args):
     return rows
 
 
+def stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # same clean stop as Ctrl-C; the backup holds the last epoch
+
+
 def main(argv=None):
     args = parse_args(argv)
+    import_tensorflow_quietly()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         check_output_dir(args.output_dir)
         train(args)
