@@ -1,5 +1,9 @@
 """Command-line pieces shared by train.py, predict.py and benchmark.py."""
 import argparse
+import contextlib
+import os
+import sys
+import tempfile
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -19,25 +23,20 @@ def positive_int(text):
     return value
 
 
-def import_tensorflow_quietly():
-    """Imports TensorFlow with its import-time C++ chatter hidden.
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hides what native code writes to stderr inside the block, unless the block fails.
 
-    On a machine without CUDA, TF prints "Could not find cuda drivers" and an
-    absl notice to stderr at import, whatever TF_CPP_MIN_LOG_LEVEL says; that
-    would bury our one-line messages.  The chatter is kept and shown only if
-    the import itself fails.
+    TensorFlow's C++ side prints notices such as "Could not find cuda drivers"
+    and "failed call to cuInit" on machines without CUDA, whatever
+    TF_CPP_MIN_LOG_LEVEL says; they would bury our one-line messages.
     """
-    import os
-    import sys
-    import tempfile
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as chatter:
         os.dup2(chatter.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            yield
         except BaseException:
             os.dup2(saved, 2)
             chatter.seek(0)
@@ -46,3 +45,12 @@ def import_tensorflow_quietly():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow (and looks for GPUs) with the native start-up chatter hidden."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")

@@ -49,6 +49,13 @@ PATCHES_PER_IMAGE = 2
 # Augmentation (flips, 90-degree turns, intensity scale and gamma, noise):
 # it is what makes a model trained on one smooth template work on real scans.
 AUGMENT = True
+# Its ranges: intensity peak and gamma cover scans darker/brighter and of other
+# contrast curves than the template; inversion makes T2/PD-like contrast; the
+# Gaussian noise (std up to NOISE_MAX, on tissue only) mimics real scanner noise.
+INTENSITY_SCALE_RANGE = (0.35, 1.0)
+GAMMA_RANGE = (0.55, 1.8)
+INVERT_PROBABILITY = 0.2
+NOISE_MAX = 0.03
 # Numerical precision: "auto" picks mixed_bfloat16 on CPUs with AVX-512 BF16 /
 # AMX, mixed_float16 on GPUs, float32 otherwise.
 PRECISION = "auto"

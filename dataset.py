@@ -87,18 +87,29 @@ def pad_or_crop(image, size):
     return out
 
 
-def load_slices(paths, size=constants.TARGET_SIZE, progress=True):
+def tiles_of(image, size):
+    """Non-overlapping size x size tiles covering an image (edge tiles padded)."""
+    rows = max(1, -(-image.shape[0] // size))
+    cols = max(1, -(-image.shape[1] // size))
+    return [pad_or_crop(image[r * size:(r + 1) * size, c * size:(c + 1) * size], size) if (rows, cols) != (1, 1)
+            else pad_or_crop(image, size) for r in range(rows) for c in range(cols)]
+
+
+def load_slices(paths, size=constants.TARGET_SIZE, progress=True, tile=False):
     """Decodes, pads and reduces to Y every usable file, once.
 
-    Unusable files get one warning each and are left out.
+    Unusable files get one warning each and are left out.  With tile=True a
+    large image gives all its size x size tiles instead of its centre.
     """
     from tqdm import tqdm
 
     images, kept = [], []
     for path in tqdm(paths, desc="reading slices", unit="img", disable=not progress, leave=False):
         try:
-            images.append(pad_or_crop(read_slice(path), size))
-            kept.append(path)
+            luma = read_slice(path)
+            pieces = tiles_of(luma, size) if tile else [pad_or_crop(luma, size)]
+            images += pieces
+            kept += [path] * len(pieces)
         except ValueError as error:  # once per file: slices are decoded once, not per epoch
             print(f"warning: skipping {path}: {error}", file=sys.stderr)
     stack = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
@@ -177,25 +188,31 @@ def crop_at_tissue(image, box, patch, seed):
 
 
 def augment_target(target, seed):
-    """Random flips, 90-degree turns, intensity scale/gamma and noise.
+    """Random flips, 90-degree turns, contrast inversion, intensity scale/gamma and noise.
 
     Everything is applied to the high-resolution target, before the input is
     made from it, so (input, target) stay an exact area-downsampling pair.
+    Contrast inversion inside the tissue turns the T1 template into a
+    T2/PD-like image (bright fluid, dark white matter); noise goes on tissue
+    only, so a black background stays exactly black.
     """
     import tensorflow as tf
 
     seeds = tf.random.experimental.stateless_split(seed, 6)
     target = tf.image.stateless_random_flip_left_right(target, seeds[0])
     target = tf.image.stateless_random_flip_up_down(target, seeds[1])
-    turns = tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32)
-    target = tf.image.rot90(target, turns)
-    scale_gamma_noise = tf.random.stateless_uniform([3], seeds[3])
-    gamma = tf.exp((scale_gamma_noise[1] - 0.5) * 1.2)        # 0.55 .. 1.82
+    target = tf.image.rot90(target, tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32))
+    draw = tf.random.stateless_uniform([4], seeds[3])
+    tissue = tf.cast(target > 0.02, target.dtype)
+    target = tf.where(draw[3] < constants.INVERT_PROBABILITY, tissue * (1.05 - target), target)
+    low_gamma, high_gamma = constants.GAMMA_RANGE
+    gamma = low_gamma * (high_gamma / low_gamma) ** draw[1]        # log-uniform
     target = tf.pow(tf.maximum(target, 0.0), gamma)
-    target = target * (0.6 + 0.4 * scale_gamma_noise[0])       # peak 0.6 .. 1.0
-    sigma = 0.03 * scale_gamma_noise[2] ** 2                   # mostly small
+    low_peak, high_peak = constants.INTENSITY_SCALE_RANGE
+    target = target * (low_peak + (high_peak - low_peak) * draw[0])
+    sigma = constants.NOISE_MAX * draw[2] ** 2                     # mostly small
     noise = tf.random.stateless_normal(tf.shape(target), seeds[4], stddev=sigma)
-    return tf.clip_by_value(target + noise, 0.0, 1.0)
+    return tf.clip_by_value(target + noise * tissue, 0.0, 1.0)
 
 
 def quantize_input(low_res):

@@ -144,3 +144,47 @@ def evaluate_pairs(model, dataset):
     if count == 0:
         raise ValueError("evaluation set is empty")
     return {name: total / count for name, total in totals.items()}
+
+
+# --- Training step and precision (shared by train.py and benchmark.py) ------
+
+def cpu_has_bf16():
+    """True on CPUs with native bfloat16 math (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = info.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(name):
+    """The Keras dtype policy for --precision (see constants.PRECISION)."""
+    if name != "auto":
+        return name
+    if tf.config.list_physical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def make_train_step(model, optimizer, strategy, jit):
+    def replica_step(low_res, target):
+        with tf.GradientTape() as tape:
+            prediction = model(low_res, training=True)
+            per_image = tf.reduce_mean(tf.square(prediction - target), axis=[1, 2, 3])
+            loss = tf.nn.compute_average_loss(per_image)  # divided by the global batch
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    @tf.function(jit_compile=jit)
+    def compiled_replica_step(low_res, target):
+        return replica_step(low_res, target)
+
+    @tf.function
+    def train_step(batch):
+        losses = strategy.run(compiled_replica_step if jit else replica_step, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    return train_step

@@ -20,6 +20,8 @@ import signal
 import sys
 import tempfile
 
+import numpy as np
+
 import constants
 from cli import OneLineErrorParser, import_tensorflow_quietly, positive_int
 
@@ -69,6 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=constants.LR_SCHEDULE)
     parser.add_argument("--patience", type=positive_int, default=constants.PATIENCE,
                         help="epochs without a better validation loss before stopping")
+    parser.add_argument("--extra-train-dir", default=None,
+                        help="a folder of any images (e.g. scikit-image's samples) added to training, tiled")
     parser.add_argument("--validation-split", type=fraction, default=constants.VALIDATION_SPLIT)
     parser.add_argument("--seed", type=int, default=constants.SEED)
     parser.add_argument("--upscale-factor", type=upscale_factor, default=constants.UPSCALE_FACTOR)
@@ -86,27 +90,6 @@ def parse_args(argv=None):
 
 
 # --- Set-up ------------------------------------------------------------------
-
-def cpu_has_bf16():
-    """True on CPUs with native bfloat16 math (AVX-512 BF16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = info.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_precision(name):
-    """The Keras dtype policy for --precision (see constants.PRECISION)."""
-    import tensorflow as tf
-
-    if name != "auto":
-        return name
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
-
 
 def make_strategy(name):
     import tensorflow as tf
@@ -144,11 +127,27 @@ def load_data(args):
     val = dataset.load_slices(val_paths)
     if len(train.paths) == 0:
         raise ValueError(f"--data-dir {args.data_dir}: no usable training image in train/")
+    if args.extra_train_dir:
+        extra = load_extra_images(args.extra_train_dir)
+        train = dataset.Split(np.concatenate([train.images, extra.images]), train.paths + extra.paths)
     if len(val.paths) == 0:  # tiny sets: validate on the training slices rather than not at all
         print("note: no usable validation image; validating on the training slices")
         val = train
     print(f"{len(train.paths)} training and {len(val.paths)} validation slices from {args.data_dir}")
     return train, val
+
+
+def load_extra_images(folder):
+    """Every image under `folder`, tiled into training slices (training only, never validation)."""
+    import dataset
+
+    if not os.path.isdir(folder):
+        raise ValueError(f"--extra-train-dir {folder}: no such directory")
+    extra = dataset.load_slices(dataset.list_images(folder), tile=True)
+    if not extra.paths:
+        raise ValueError(f"--extra-train-dir {folder}: no usable images")
+    print(f"{len(extra.paths)} extra training tiles from {len(set(extra.paths))} images in {folder}")
+    return extra
 
 
 # --- Outputs -----------------------------------------------------------------
@@ -254,31 +253,6 @@ def make_optimizer(args, steps_per_epoch, replicas, policy):
     return optimizer
 
 
-def make_train_step(model, optimizer, strategy, jit):
-    import tensorflow as tf
-
-    def replica_step(low_res, target):
-        with tf.GradientTape() as tape:
-            prediction = model(low_res, training=True)
-            per_image = tf.reduce_mean(tf.square(prediction - target), axis=[1, 2, 3])
-            loss = tf.nn.compute_average_loss(per_image)  # divided by the global batch
-            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-        gradients = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return loss
-
-    @tf.function(jit_compile=jit)
-    def compiled_replica_step(low_res, target):
-        return replica_step(low_res, target)
-
-    @tf.function
-    def train_step(batch):
-        losses = strategy.run(compiled_replica_step if jit else replica_step, args=batch)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
-
-    return train_step
-
-
 def weights_fingerprint(model):
     """A short hash of all weights, to check that workers ended in the same place."""
     import hashlib
@@ -314,7 +288,7 @@ def train(args):
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     print(f"strategy: {type(strategy).__name__}, replicas in sync: {replicas}")
-    policy = choose_precision(args.precision)
+    policy = modules.choose_precision(args.precision)
     keras.mixed_precision.set_global_policy(policy)
     print(f"precision: {policy}")
 
@@ -340,7 +314,7 @@ def train(args):
         state.checkpoint.restore(restore_from).expect_partial()
         print(f"resumed from {restore_from}: continuing at epoch {int(state.epoch.numpy()) + 1} of {args.epochs}")
 
-    train_step = make_train_step(model, optimizer, strategy, args.jit)
+    train_step = modules.make_train_step(model, optimizer, strategy, args.jit)
     val_data = dataset.make_eval_dataset(val_set.images, per_replica, args.upscale_factor)
     psnr_callback = modules.PSNRCallback(val_data)
     callbacks = keras.callbacks.CallbackList([psnr_callback], add_progbar=True, model=model,
