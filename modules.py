@@ -48,9 +48,10 @@ def get_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=const
     x = keras.layers.Conv2D(filters[0], 5, name="conv1", **conv_args)(inputs)
     x = keras.layers.Conv2D(filters[1], 3, name="conv2", **conv_args)(x)
     x = keras.layers.Conv2D(filters[2], 3, name="conv3", **conv_args)(x)
+    # The output layers stay float32 under mixed precision: bfloat16's 8-bit
+    # mantissa would cap the output's PSNR, and the loss needs float32.
     x = keras.layers.Conv2D(channels * upscale_factor ** 2, 3, padding="same", kernel_initializer="orthogonal",
-                            name="conv4_linear")(x)
-    # float32 output even under mixed precision: the loss and PSNR need it.
+                            dtype="float32", name="conv4_linear")(x)
     outputs = DepthToSpace(upscale_factor, dtype="float32", name="depth_to_space")(x)
     return keras.Model(inputs, outputs, name=f"espcn_x{upscale_factor}")
 
@@ -93,6 +94,26 @@ def ssim(a, b, max_val=1.0, filter_size=11, sigma=1.5, k1=0.01, k2=0.03):
     luminance = (num0 + c1) / (den0 + c1)
     contrast_structure = (2.0 * blur(a * b) - num0 + c2) / (blur(tf.square(a) + tf.square(b)) - den0 + c2)
     return tf.reduce_mean(luminance * contrast_structure, axis=[1, 2])
+
+
+def as_float32(model):
+    """The same ESPCN computing in float32.
+
+    A model trained under mixed precision keeps that policy when saved, and
+    bfloat16/float16 math is emulated (slow) on most CPUs; predictions and
+    their PSNR are computed in float32 everywhere.
+    """
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in model.layers if layer.weights):
+        return model
+    filters = tuple(model.get_layer(name).filters for name in ("conv1", "conv2", "conv3"))
+    saved_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        rebuilt = get_model(model_upscale_factor(model), model.input_shape[-1], filters)
+    finally:
+        keras.mixed_precision.set_global_policy(saved_policy)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 @tf.function(reduce_retracing=True)

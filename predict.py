@@ -73,8 +73,7 @@ def load_model(path):
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
         raise ValueError(f"--model {path}: not a .keras model file")
     try:
-        model = keras.models.load_model(path, safe_mode=True, compile=False)
-        modules.model_upscale_factor(model)
+        model = modules.as_float32(keras.models.load_model(path, safe_mode=True, compile=False))
     except Exception as error:  # corrupt archives fail in many ways inside Keras
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"--model {path}: cannot be loaded ({reason[:200]})") from None

@@ -1,0 +1,43 @@
+"""The fast paths run and stay correct: benchmark.py's JSON, mixed precision, XLA."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_script, write_tree
+
+
+def test_benchmark_runs_and_prints_its_json(tmp_path):
+    data = write_tree(tmp_path / "AD_NC", n_train=4, n_test=1)
+    result = run_script("benchmark.py", "--batch-size", "2", "--repeats", "1", "--steps", "1", "--input-size", "16",
+                        "--precision", "float32", "--data-dir", data, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("batch_size", "train_images_per_s", "infer_images_per_s", "precision", "matmul_peak_gflops",
+                "pipeline_epoch_s"):
+        assert key in report, key
+    assert report["batch_size"] == 2 and report["precision"] == "float32"
+    assert report["train_images_per_s"] > 0 and report["infer_images_per_s"] > 0
+
+
+@pytest.mark.parametrize("flags", [["--precision", "mixed_bfloat16"], ["--precision", "mixed_float16"], ["--jit"]])
+def test_fast_training_paths_train_and_save_a_float32_output_model(tmp_path, flags):
+    data = write_tree(tmp_path / "AD_NC", n_train=4, n_test=1)
+    out = tmp_path / "out"
+    result = run_script("train.py", "--data-dir", data, "--output-dir", str(out), "--epochs", "1",
+                        "--batch-size", "2", "--patch-size", "32", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if "--precision" in flags:
+        assert f"precision: {flags[1]}" in result.stdout
+    import keras
+
+    import modules  # noqa: F401  (registers DepthToSpace)
+    model = keras.models.load_model(str(out / "espcn.keras"), safe_mode=True, compile=False)
+    assert model.get_layer("conv4_linear").dtype_policy.compute_dtype == "float32"
+    assert model.output.dtype == "float32"
+    import predict
+
+    served = predict.load_model(str(out / "espcn.keras"))
+    assert all(layer.dtype_policy.compute_dtype == "float32" for layer in served.layers)
+    x = np.random.rand(1, 8, 8, 1).astype("float32")
+    assert np.allclose(served(x), model(x), atol=0.05)
