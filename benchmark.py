@@ -1,6 +1,6 @@
 """Measure training and inference speed of the default ESPCN on this machine.
 
-usage: python benchmark.py [--batch-size 16] [--precision auto] [--jit] [--repeats 5] [--json]
+usage: python benchmark.py [--batch-size 16] [--precision auto] [--jit auto] [--repeats 5] [--json]
 
 Reports, for 64x64 -> 256x256 x4 batches of random data after warm-up, the
 median over several repeats of training and inference images per second, the
@@ -25,7 +25,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=positive_int, default=constants.BATCH_SIZE)
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
                         default=constants.PRECISION)
-    parser.add_argument("--jit", action="store_true", help="XLA-compile the training step")
+    parser.add_argument("--jit", choices=("auto", "on", "off"), default=constants.JIT,
+                        help="XLA for the training step, as train.py's --jit")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats; the median is reported")
     parser.add_argument("--steps", type=positive_int, default=10, help="batches per timed repeat")
     parser.add_argument("--input-size", type=positive_int, default=64, help="low-resolution side, pixels")
@@ -85,11 +86,12 @@ def benchmark_model(args, policy):
     if policy == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     strategy = tf.distribute.get_strategy()
-    train_step = modules.make_train_step(model, optimizer, strategy, args.jit)
+    jit = args.jit == "on" or (args.jit == "auto" and policy == "float32")
+    train_step = modules.make_train_step(model, optimizer, strategy, jit)
     size, factor, batch = args.input_size, constants.UPSCALE_FACTOR, args.batch_size
     x = tf.random.uniform((args.steps, batch, size, size, 1))
     y = tf.random.uniform((args.steps, batch, size * factor, size * factor, 1))
-    infer = tf.function(lambda inputs: model(inputs, training=False), jit_compile=args.jit)
+    infer = tf.function(lambda inputs: model(inputs, training=False))  # XLA measured slower here
 
     def train_once():
         for i in range(args.steps):
@@ -105,7 +107,7 @@ def benchmark_model(args, policy):
         warm()
     train_rate = time_repeats(train_once, args.repeats, args.steps * batch)
     infer_rate = time_repeats(infer_once, args.repeats, args.steps * batch)
-    return model, train_rate, infer_rate
+    return model, train_rate, infer_rate, jit
 
 
 def pipeline_epoch_seconds(data_dir, batch_size):
@@ -138,11 +140,11 @@ def main(argv=None):
         peak_dtype = tf.bfloat16 if policy == "mixed_bfloat16" else tf.float16 if policy == "mixed_float16" \
             else tf.float32
         peak = matmul_peak_gflops(peak_dtype)
-        model, train_rate, infer_rate = benchmark_model(args, policy)
+        model, train_rate, infer_rate, jit = benchmark_model(args, policy)
         forward = model_flops_per_image(model, args.input_size)
         result = {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "tensorflow": tf.__version__, "precision": policy, "jit": args.jit, "batch_size": args.batch_size,
+            "tensorflow": tf.__version__, "precision": policy, "jit": jit, "batch_size": args.batch_size,
             "input_size": args.input_size,
             "train_images_per_s": round(train_rate, 1), "infer_images_per_s": round(infer_rate, 1),
             "train_gflops": round(train_rate * 3 * forward / 1e9, 1),
@@ -161,7 +163,7 @@ def main(argv=None):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"precision {policy}, batch {args.batch_size}, {args.input_size}x{args.input_size} -> "
+    print(f"precision {policy}, XLA {'on' if jit else 'off'}, batch {args.batch_size}, {args.input_size}x{args.input_size} -> "
           f"{args.input_size * 4}x{args.input_size * 4}")
     print(f"train: {result['train_images_per_s']} img/s ({result['train_gflops']} GFLOP/s, "
           f"{100 * result['train_fraction_of_peak']:.0f}% of the {peak:.0f} GFLOP/s matmul peak)")

@@ -189,23 +189,34 @@ def choose_precision(name):
 
 
 def make_train_step(model, optimizer, strategy, jit):
-    def replica_step(low_res, target):
+    """A tf.function running one synchronous training step on every replica.
+
+    The loss is the per-image MSE averaged over the global batch, so gradients
+    summed across replicas are those of the whole batch.  With jit, XLA
+    compiles the forward and backward pass; the update (where replicas
+    all-reduce their gradients) stays outside it, since collectives cannot be
+    XLA-compiled on CPU.
+    """
+    scale_loss = getattr(optimizer, "scale_loss", lambda loss: loss)  # LossScaleOptimizer (float16)
+
+    def loss_and_gradients(low_res, target):
         with tf.GradientTape() as tape:
             prediction = model(low_res, training=True)
             per_image = tf.reduce_mean(tf.square(prediction - target), axis=[1, 2, 3])
             loss = tf.nn.compute_average_loss(per_image)  # divided by the global batch
-            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-        gradients = tape.gradient(scaled, model.trainable_variables)
+            scaled_loss = scale_loss(loss)
+        return loss, tape.gradient(scaled_loss, model.trainable_variables)
+
+    compiled = tf.function(loss_and_gradients, jit_compile=True) if jit else loss_and_gradients
+
+    def replica_step(low_res, target):
+        loss, gradients = compiled(low_res, target)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
 
-    @tf.function(jit_compile=jit)
-    def compiled_replica_step(low_res, target):
-        return replica_step(low_res, target)
-
     @tf.function
     def train_step(batch):
-        losses = strategy.run(compiled_replica_step if jit else replica_step, args=batch)
+        losses = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
     return train_step

@@ -32,7 +32,7 @@ def parse_args(argv=None):
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", default=constants.DATA_DIR, help="AD_NC-style tree; its test/ split is evaluated")
-    parser.add_argument("--output-dir", default=constants.OUTPUT_DIR)
+    parser.add_argument("--output-dir", default=constants.OUTPUT_DIR, help="where results are written")
     parser.add_argument("--model", default=None,
                         help=f"a .keras model (default: <output-dir>/{constants.MODEL_FILENAME}, "
                              f"else {constants.PRETRAINED_MODEL})")
@@ -44,6 +44,8 @@ def parse_args(argv=None):
                         help="NIfTI: slices are taken across this axis and upscaled in-plane")
     parser.add_argument("--compare", action="store_true",
                         help="with --input: downsample each (high-resolution) input and compare bicubic vs model")
+    parser.add_argument("--target-size", type=positive_int, default=constants.TARGET_SIZE,
+                        help="test slices are padded/cropped to this square size (pixels)")
     parser.add_argument("--figure-images", type=positive_int, default=constants.FIGURE_IMAGES,
                         help="test images in the comparison figure")
     return parser.parse_args(argv)
@@ -102,7 +104,7 @@ def scores(prediction, target):
 
 # --- Evaluation on the test split -------------------------------------------
 
-def evaluate_test_split(model, data_dir, batch_size):
+def evaluate_test_split(model, data_dir, batch_size, size=constants.TARGET_SIZE):
     """Model and bicubic outputs with per-image scores over the whole test split."""
     from tqdm import tqdm
 
@@ -110,7 +112,7 @@ def evaluate_test_split(model, data_dir, batch_size):
     import modules
 
     factor = modules.model_upscale_factor(model)
-    test = dataset.load_slices(dataset.list_images(os.path.join(data_dir, "test")))
+    test = dataset.load_slices(dataset.list_images(os.path.join(data_dir, "test")), size)
     if len(test.paths) == 0:
         raise ValueError(f"--data-dir {data_dir}: no usable image in test/")
     results = {"paths": test.paths, "model_psnr": [], "bicubic_psnr": [], "model_ssim": [], "bicubic_ssim": []}
@@ -175,7 +177,7 @@ def save_comparison_figure(rows, path, row_labels=None):
 def run_evaluation(model, args):
     import modules
 
-    test, results = evaluate_test_split(model, args.data_dir, args.batch_size)
+    test, results = evaluate_test_split(model, args.data_dir, args.batch_size, args.target_size)
     summary = summarise(results)
     os.makedirs(args.output_dir, exist_ok=True)
     json_path = os.path.join(args.output_dir, "evaluation.json")

@@ -52,6 +52,13 @@ def fraction(text):
     return value
 
 
+def target_size(text):
+    value = positive_int(text)
+    if value < 16 or value % 16:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 16 from 16 up, got {value}")
+    return value
+
+
 def upscale_factor(text):
     value = positive_int(text)
     if not 2 <= value <= 8:
@@ -64,26 +71,34 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", default=constants.DATA_DIR, help="AD_NC-style tree with train/ and test/")
     parser.add_argument("--output-dir", default=constants.OUTPUT_DIR, help="where the model, history and plots go")
-    parser.add_argument("--epochs", type=positive_int, default=constants.EPOCHS)
+    parser.add_argument("--epochs", type=positive_int, default=constants.EPOCHS, help="at most this many epochs")
     parser.add_argument("--batch-size", type=positive_int, default=constants.BATCH_SIZE, help="per replica")
     parser.add_argument("--learning-rate", type=positive_float, default=constants.LEARNING_RATE,
                         help="Adam, for one replica; multiplied by the replica count")
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=constants.LR_SCHEDULE)
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=constants.LR_SCHEDULE,
+                        help="cosine decays the rate to 2%% over --epochs")
     parser.add_argument("--patience", type=positive_int, default=constants.PATIENCE,
                         help="epochs without a better validation loss before stopping")
     parser.add_argument("--extra-train-dir", default=None,
                         help="a folder of any images (e.g. scikit-image's samples) added to training, tiled")
-    parser.add_argument("--validation-split", type=fraction, default=constants.VALIDATION_SPLIT)
-    parser.add_argument("--seed", type=int, default=constants.SEED)
-    parser.add_argument("--upscale-factor", type=upscale_factor, default=constants.UPSCALE_FACTOR)
+    parser.add_argument("--validation-split", type=fraction, default=constants.VALIDATION_SPLIT,
+                        help="share of train/ held out for validation")
+    parser.add_argument("--target-size", type=target_size, default=constants.TARGET_SIZE,
+                        help="slices are padded/cropped to this square size (pixels)")
+    parser.add_argument("--seed", type=int, default=constants.SEED, help="fixes the split, crops and augmentation")
+    parser.add_argument("--upscale-factor", type=upscale_factor, default=constants.UPSCALE_FACTOR,
+                        help="2 to 8; the pretrained model and reported results are x4")
     parser.add_argument("--patch-size", type=non_negative_int, default=constants.PATCH_SIZE,
                         help="high-resolution training crop; 0 = whole slices")
-    parser.add_argument("--patches-per-image", type=positive_int, default=constants.PATCHES_PER_IMAGE)
+    parser.add_argument("--patches-per-image", type=positive_int, default=constants.PATCHES_PER_IMAGE,
+                        help="random crops per training slice per epoch")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=constants.AUGMENT,
                         help="flips, turns, intensity scale/gamma and noise on training crops")
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-                        default=constants.PRECISION)
-    parser.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+                        default=constants.PRECISION,
+                        help="auto: mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, mixed_float16 on GPUs, else float32")
+    parser.add_argument("--jit", choices=("auto", "on", "off"), default=constants.JIT,
+                        help="XLA-compile the training step; auto = on for float32, off for mixed precision")
     parser.add_argument("--strategy", choices=("auto", "one_device", "mirrored", "multi_worker"),
                         default=constants.STRATEGY, help="multi_worker reads the cluster from TF_CONFIG")
     return parser.parse_args(argv)
@@ -123,12 +138,12 @@ def load_data(args):
     dataset.check_data_dir(args.data_dir)
     paths = dataset.list_images(os.path.join(args.data_dir, "train"))
     train_paths, val_paths = dataset.split_train_validation(paths, args.validation_split, args.seed)
-    train = dataset.load_slices(train_paths)
-    val = dataset.load_slices(val_paths)
+    train = dataset.load_slices(train_paths, args.target_size)
+    val = dataset.load_slices(val_paths, args.target_size)
     if len(train.paths) == 0:
         raise ValueError(f"--data-dir {args.data_dir}: no usable training image in train/")
     if args.extra_train_dir:
-        extra = load_extra_images(args.extra_train_dir)
+        extra = load_extra_images(args.extra_train_dir, args.target_size)
         train = dataset.Split(np.concatenate([train.images, extra.images]), train.paths + extra.paths)
     if len(val.paths) == 0:  # tiny sets: validate on the training slices rather than not at all
         print("note: no usable validation image; validating on the training slices")
@@ -137,13 +152,13 @@ def load_data(args):
     return train, val
 
 
-def load_extra_images(folder):
+def load_extra_images(folder, size):
     """Every image under `folder`, tiled into training slices (training only, never validation)."""
     import dataset
 
     if not os.path.isdir(folder):
         raise ValueError(f"--extra-train-dir {folder}: no such directory")
-    extra = dataset.load_slices(dataset.list_images(folder), tile=True)
+    extra = dataset.load_slices(dataset.list_images(folder), size, tile=True)
     if not extra.paths:
         raise ValueError(f"--extra-train-dir {folder}: no usable images")
     print(f"{len(extra.paths)} extra training tiles from {len(set(extra.paths))} images in {folder}")
@@ -290,7 +305,7 @@ def train(args):
     print(f"strategy: {type(strategy).__name__}, replicas in sync: {replicas}")
     policy = modules.choose_precision(args.precision)
     keras.mixed_precision.set_global_policy(policy)
-    print(f"precision: {policy}")
+    print(f"precision: {policy}", end=", ")
 
     train_set, val_set = load_data(args)
     n_examples = len(train_set.images) * (args.patches_per_image if args.patch_size else 1)
@@ -314,7 +329,9 @@ def train(args):
         state.checkpoint.restore(restore_from).expect_partial()
         print(f"resumed from {restore_from}: continuing at epoch {int(state.epoch.numpy()) + 1} of {args.epochs}")
 
-    train_step = modules.make_train_step(model, optimizer, strategy, args.jit)
+    jit = args.jit == "on" or (args.jit == "auto" and policy == "float32")
+    print(f"XLA: {'on' if jit else 'off'}")
+    train_step = modules.make_train_step(model, optimizer, strategy, jit)
     val_data = dataset.make_eval_dataset(val_set.images, per_replica, args.upscale_factor)
     psnr_callback = modules.PSNRCallback(val_data)
     callbacks = keras.callbacks.CallbackList([psnr_callback], add_progbar=True, model=model,

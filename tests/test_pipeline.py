@@ -42,7 +42,7 @@ def test_train_then_predict_writes_every_output(tmp_path):
 
 def test_help_lists_every_flag_with_defaults():
     for script, flags in (("train.py", ["--data-dir", "--output-dir", "--batch-size", "--epochs", "--precision",
-                                        "--strategy", "--jit"]),
+                                        "--strategy", "--jit", "--target-size", "--patience"]),
                           ("predict.py", ["--data-dir", "--output-dir", "--batch-size", "--model", "--input"])):
         result = run_script(script, "--help")
         assert result.returncode == 0
