@@ -23,6 +23,16 @@ def positive_int(text):
     return value
 
 
+def check_output_dir(output_dir):
+    """Creates the output dir; ValueError naming it if it cannot be written."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir):
+            pass
+    except OSError as error:
+        raise ValueError(f"--output-dir {output_dir}: cannot write there ({error.strerror or error})") from None
+
+
 @contextlib.contextmanager
 def quiet_native_stderr():
     """Hides what native code writes to stderr inside the block, unless the block fails.

@@ -23,7 +23,7 @@ import zipfile
 import numpy as np
 
 import constants
-from cli import OneLineErrorParser, import_tensorflow_quietly, positive_int
+from cli import OneLineErrorParser, check_output_dir, import_tensorflow_quietly, positive_int
 
 
 # --- Command line ------------------------------------------------------------
@@ -468,10 +468,6 @@ def run_on_inputs(model, args):
     files = expand_inputs(args.input)
     if not files:
         raise ValueError(f"--input {' '.join(args.input)}: no supported files found")
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--output-dir {args.output_dir}: cannot create it ({error.strerror})") from None
     failures = 0
     for path in tqdm(files, desc="super-resolving", unit="file", disable=len(files) < 2):
         try:
@@ -490,6 +486,7 @@ def main(argv=None):
     args = parse_args(argv)
     import_tensorflow_quietly()
     try:
+        check_output_dir(args.output_dir)
         model_path, origin = resolve_model_path(args.model, args.output_dir)
         model = load_model(model_path)
         print(f"model: {model_path} ({origin})")

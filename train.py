@@ -23,7 +23,7 @@ import tempfile
 import numpy as np
 
 import constants
-from cli import OneLineErrorParser, import_tensorflow_quietly, positive_int
+from cli import OneLineErrorParser, check_output_dir, import_tensorflow_quietly, positive_int
 
 
 # --- Command line ------------------------------------------------------------
@@ -206,16 +206,6 @@ def save_training_plots(rows, output_dir):
         fig.tight_layout()
         write_atomically(os.path.join(output_dir, name), lambda tmp: fig.savefig(tmp, dpi=110))
         plt.close(fig)
-
-
-def check_output_dir(output_dir):
-    """Creates the output dir; ValueError naming it if it cannot be written."""
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir):
-            pass
-    except OSError as error:
-        raise ValueError(f"--output-dir {output_dir}: cannot write there ({error.strerror or error})") from None
 
 
 # --- Training ----------------------------------------------------------------

@@ -75,10 +75,12 @@ def test_bad_flags_are_one_line(flags, named):
     assert len(result.stderr.strip().splitlines()) == 1 and named in result.stderr
 
 
-def test_unwritable_output_dir_is_one_line(tmp_path, tiny_tree):
+@pytest.mark.parametrize("script", ["train.py", "predict.py"])
+def test_unwritable_output_dir_is_one_line(tmp_path, tiny_tree, script):
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
-    result = run_script("train.py", "--data-dir", tiny_tree, "--output-dir", str(blocker / "out"), *FAST)
+    flags = FAST if script == "train.py" else []
+    result = run_script(script, "--data-dir", tiny_tree, "--output-dir", str(blocker / "out"), *flags)
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1 and "--output-dir" in result.stderr
 

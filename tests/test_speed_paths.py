@@ -20,7 +20,7 @@ def test_benchmark_runs_and_prints_its_json(tmp_path):
     assert report["train_images_per_s"] > 0 and report["infer_images_per_s"] > 0
 
 
-@pytest.mark.parametrize("flags", [["--precision", "mixed_bfloat16"], ["--precision", "mixed_float16"], ["--jit", "on"], ["--jit", "off"]])
+@pytest.mark.parametrize("flags", [["--precision", "mixed_bfloat16"], ["--precision", "mixed_float16"], ["--jit", "on"]])
 def test_fast_training_paths_train_and_save_a_float32_output_model(tmp_path, flags):
     data = write_tree(tmp_path / "AD_NC", n_train=4, n_test=1)
     out = tmp_path / "out"
