@@ -23,6 +23,23 @@ def positive_int(text):
     return value
 
 
+def write_atomically(path, write):
+    """Calls write(tmp_path), then renames tmp_path to path: `path` is never half-written.
+
+    The temporary file sits beside the target (same filesystem, so the rename
+    is atomic) and keeps its suffix, which savers such as Keras and nibabel
+    read to pick the format.  It is removed if writing fails.
+    """
+    folder, name = os.path.split(path)
+    tmp_path = os.path.join(folder, f".partial-{name}")
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
 def check_output_dir(output_dir):
     """Creates the output dir; ValueError naming it if it cannot be written."""
     try:
@@ -64,3 +81,10 @@ def import_tensorflow_quietly():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")
+
+
+def target_size(text):
+    value = positive_int(text)
+    if value < 16 or value % 16:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 16 from 16 up, got {value}")
+    return value

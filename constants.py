@@ -1,8 +1,10 @@
 """Every setting a user edits, in one place.
 
-Each value here is the default of a command-line flag of train.py / predict.py
-(run either with --help to see them), so editing this file and passing a flag
-are two ways of doing the same thing.
+The settings a run needs to change are defaults of command-line flags of
+train.py / predict.py (run either with --help to see them), so editing this
+file and passing a flag are two ways of doing the same thing.  The rest (how
+the embedded sample is cut, the filter counts, the augmentation ranges) are
+edited here: they change what a trained model is, not how one run goes.
 """
 
 # --- Data -------------------------------------------------------------------
@@ -65,6 +67,10 @@ PRECISION = "auto"
 JIT = "auto"
 # Training strategy: "auto" = MirroredStrategy with >1 GPU, else one device.
 STRATEGY = "auto"
+
+# Per-image PSNR is capped here: an exact reconstruction (e.g. an all-black
+# slice) has infinite PSNR, which would make every mean infinite.
+PSNR_CAP_DB = 100.0
 
 # --- Output -----------------------------------------------------------------
 OUTPUT_DIR = "output"

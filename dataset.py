@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,14 +60,18 @@ def luma_uint8(image):
 
 def open_image(path):
     """The fully decoded PIL image in `path`; ValueError with the reason if unusable."""
-    if os.path.getsize(path) == 0:
-        raise ValueError("empty file")
     try:
+        if os.path.getsize(path) == 0:
+            raise ValueError("empty file")
         image = Image.open(path)
-        image.load()
     except UnidentifiedImageError:
         raise ValueError("not an image file that PIL can identify") from None
+    except (OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    try:
+        image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        image.close()
         raise ValueError(f"not a readable image ({error})") from None
     return image
 
@@ -222,6 +227,13 @@ def quantize_input(low_res):
     return tf.round(low_res * 255.0) / 255.0
 
 
+def effective_patch(patch, size, factor):
+    """The crop size actually used: a multiple of factor, 0 (whole slices) if none fits."""
+    patch = patch if patch and patch < size else 0
+    patch -= patch % factor
+    return patch if patch >= factor else 0
+
+
 def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, patch=constants.PATCH_SIZE,
                           patches_per_image=constants.PATCHES_PER_IMAGE, augment=constants.AUGMENT,
                           seed=constants.SEED):
@@ -232,8 +244,7 @@ def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, p
     """
     import tensorflow as tf
 
-    patch = patch if patch and patch < images.shape[1] else 0
-    patch -= patch % factor
+    patch = effective_patch(patch, images.shape[1], factor)
     boxes = tissue_boxes(images)
     repeats = patches_per_image if patch else 1
     index = tf.data.Dataset.range(len(images)).repeat(repeats)
@@ -260,7 +271,7 @@ def make_eval_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR):
 
     data = tf.data.Dataset.from_tensor_slices(images)
     data = data.map(lambda image: make_pair(to_unit_float(image), factor), num_parallel_calls=tf.data.AUTOTUNE)
-    return data.batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 # --- Embedded sample ---------------------------------------------------------
@@ -314,17 +325,28 @@ def sample_slices(volume, min_tissue=0.02):
 
 
 def build_sample_dataset(data_dir):
-    """Writes the embedded MNI152 sample in AD_NC layout; returns counts."""
+    """Writes the embedded MNI152 sample in AD_NC layout; returns counts.
+
+    It is built in a private temporary folder and renamed into place, so it
+    appears whole or not at all, even with several processes building at once.
+    """
     counts = {"train": 0, "test": 0}
-    tmp_dir = data_dir.rstrip("/\\") + ".partial"
-    shutil.rmtree(tmp_dir, ignore_errors=True)  # left by an interrupted build
-    for split, orientation, key, image in sample_slices(template_volume()):
-        folder = os.path.join(tmp_dir, split, orientation)
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(image).save(os.path.join(folder, f"mni152_{orientation}_{key}.png"))
-        counts[split] += 1
-    os.makedirs(os.path.dirname(os.path.abspath(data_dir)), exist_ok=True)
-    os.replace(tmp_dir, data_dir)  # appears whole or not at all
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".partial-sample-", dir=parent)
+    try:
+        for split, orientation, key, image in sample_slices(template_volume()):
+            folder = os.path.join(tmp_dir, split, orientation)
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(image).save(os.path.join(folder, f"mni152_{orientation}_{key}.png"))
+            counts[split] += 1
+        try:
+            os.rename(tmp_dir, data_dir)
+        except OSError:
+            if not os.path.isdir(data_dir):  # another process won the race otherwise
+                raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return counts
 
 

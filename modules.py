@@ -118,10 +118,14 @@ def as_float32(model):
 
 @tf.function(reduce_retracing=True)
 def psnr_ssim(prediction, target):
-    """Per-image PSNR (dB) and SSIM of [0,1] images, prediction clipped to [0,1]."""
+    """Per-image PSNR (dB, capped) and SSIM of [0,1] images, prediction clipped to [0,1].
+
+    Images must be at least 11x11 (the SSIM window).
+    """
     prediction = tf.clip_by_value(tf.cast(prediction, tf.float32), 0.0, 1.0)
     target = tf.cast(target, tf.float32)
-    return tf.image.psnr(prediction, target, max_val=1.0), ssim(prediction, target)
+    psnr = tf.minimum(tf.image.psnr(prediction, target, max_val=1.0), constants.PSNR_CAP_DB)
+    return psnr, ssim(prediction, target)
 
 
 class PSNRCallback(keras.callbacks.Callback):

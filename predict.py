@@ -23,7 +23,8 @@ import zipfile
 import numpy as np
 
 import constants
-from cli import OneLineErrorParser, check_output_dir, import_tensorflow_quietly, positive_int
+from cli import (OneLineErrorParser, check_output_dir, import_tensorflow_quietly, positive_int, target_size,
+                 write_atomically)
 
 
 # --- Command line ------------------------------------------------------------
@@ -44,11 +45,14 @@ def parse_args(argv=None):
                         help="NIfTI: slices are taken across this axis and upscaled in-plane")
     parser.add_argument("--compare", action="store_true",
                         help="with --input: downsample each (high-resolution) input and compare bicubic vs model")
-    parser.add_argument("--target-size", type=positive_int, default=constants.TARGET_SIZE,
+    parser.add_argument("--target-size", type=target_size, default=constants.TARGET_SIZE,
                         help="test slices are padded/cropped to this square size (pixels)")
     parser.add_argument("--figure-images", type=positive_int, default=constants.FIGURE_IMAGES,
                         help="test images in the comparison figure")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.compare and not args.input:
+        parser.error("argument --compare: needs --input (the files to compare on)")
+    return args
 
 
 # --- Model -------------------------------------------------------------------
@@ -112,6 +116,8 @@ def evaluate_test_split(model, data_dir, batch_size, size=constants.TARGET_SIZE)
     import modules
 
     factor = modules.model_upscale_factor(model)
+    if size % factor:
+        raise ValueError(f"--target-size {size} is not divisible by the model's upscale factor {factor}")
     test = dataset.load_slices(dataset.list_images(os.path.join(data_dir, "test")), size)
     if len(test.paths) == 0:
         raise ValueError(f"--data-dir {data_dir}: no usable image in test/")
@@ -168,10 +174,8 @@ def save_comparison_figure(rows, path, row_labels=None):
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
-    tmp_path = path[:-4] + ".partial.png"
-    fig.savefig(tmp_path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-    os.replace(tmp_path, path)
 
 
 def run_evaluation(model, args):
@@ -181,9 +185,11 @@ def run_evaluation(model, args):
     summary = summarise(results)
     os.makedirs(args.output_dir, exist_ok=True)
     json_path = os.path.join(args.output_dir, "evaluation.json")
-    with open(json_path + ".partial", "w") as out:
-        json.dump(summary, out, indent=2)
-    os.replace(json_path + ".partial", json_path)
+    def write_json(tmp_path):
+        with open(tmp_path, "w") as out:
+            json.dump(summary, out, indent=2)
+
+    write_atomically(json_path, write_json)
     count = min(args.figure_images, len(test.paths))
     picks = np.linspace(0, len(test.paths) - 1, count).round().astype(int)
     rows = comparison_rows(model, test.images[picks], modules.model_upscale_factor(model))
@@ -199,7 +205,7 @@ def run_evaluation(model, args):
 # --- The user's own scans ----------------------------------------------------
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I")
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L")
 
 
 def kind_of(path):
@@ -230,18 +236,6 @@ def expand_inputs(paths):
     return files
 
 
-def save_atomically(path, save):
-    """save(tmp_path) then rename: an output is never left half-written."""
-    name = os.path.basename(path)
-    tmp_path = os.path.join(os.path.dirname(path), f".partial-{name}")
-    try:
-        save(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
 def upscale_plane(model, plane, batch_size=constants.PREDICT_BATCH_SIZE):
     """Model output for one float (h, w) plane in [0, 1]."""
     return upscale_planes(model, plane[None], batch_size)[0]
@@ -249,7 +243,9 @@ def upscale_plane(model, plane, batch_size=constants.PREDICT_BATCH_SIZE):
 
 def upscale_planes(model, planes, batch_size, progress=None):
     """Model output for (n, h, w) float planes, batch by batch (bounded memory)."""
-    factor = __import__("modules").model_upscale_factor(model)
+    import modules
+
+    factor = modules.model_upscale_factor(model)
     n, height, width = planes.shape
     out = np.empty((n, height * factor, width * factor), np.float32)
     for start in range(0, n, batch_size):
@@ -276,7 +272,9 @@ def upscale_image(model, image):
     """The x4 PIL image for a PIL image of any mode, and the file suffix to save it with."""
     from PIL import Image
 
-    factor = __import__("modules").model_upscale_factor(model)
+    import modules
+
+    factor = modules.model_upscale_factor(model)
     size = (image.width * factor, image.height * factor)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -286,6 +284,9 @@ def upscale_image(model, image):
     if image.mode == "F":
         out = upscale_grey_values(model, np.asarray(image), 32)
         return Image.fromarray(out.astype(np.float32), mode="F"), ".tif"
+    if image.mode == "I":  # 32-bit integers: PNG holds 16 bits at most, TIFF holds them all
+        out = np.round(upscale_grey_values(model, np.asarray(image), 32))
+        return Image.fromarray(np.clip(out, -2 ** 31, 2 ** 31 - 1).astype(np.int32)), ".tif"
     if image.mode in HIGH_DEPTH_MODES:
         values = np.asarray(image)
         out = np.round(upscale_grey_values(model, values, 16))
@@ -308,14 +309,13 @@ def upscale_image(model, image):
     return result, ".png"
 
 
-def super_resolve_image(model, path, output_dir):
+def super_resolve_image(model, path, output_dir, guard):
     import dataset
 
     with dataset.open_image(path) as image:
         result, suffix = upscale_image(model, image)
-    out_path = os.path.join(output_dir, f"{stem_of(path)}_x{model_factor(model)}{suffix}")
-    check_not_input(out_path, path)
-    save_atomically(out_path, lambda tmp: result.save(tmp, format="TIFF" if suffix == ".tif" else "PNG"))
+    out_path = guard.claim(path, os.path.join(output_dir, f"{stem_of(path)}_x{model_factor(model)}{suffix}"))
+    write_atomically(out_path, lambda tmp: result.save(tmp, format="TIFF" if suffix == ".tif" else "PNG"))
     return out_path
 
 
@@ -325,9 +325,22 @@ def model_factor(model):
     return modules.model_upscale_factor(model)
 
 
-def check_not_input(out_path, in_path):
-    if os.path.exists(out_path) and os.path.samefile(out_path, in_path):
-        raise ValueError(f"output {out_path} would overwrite the input")
+class OutputGuard:
+    """Refuses an output that is one of the inputs, or that another input already wrote."""
+
+    def __init__(self, inputs):
+        self.inputs = {os.path.realpath(path) for path in inputs}
+        self.claimed = {}
+
+    def claim(self, source, out_path):
+        real = os.path.realpath(out_path)
+        if real in self.inputs:
+            raise ValueError(f"its output {out_path} is one of the inputs; not overwriting it")
+        stem = os.path.splitext(real[:-3] if real.endswith(".gz") else real)[0]
+        other = self.claimed.setdefault(stem, source)
+        if other != source:
+            raise ValueError(f"its output {out_path} would overwrite the output of {other} (same name)")
+        return out_path
 
 
 # --- NIfTI volumes -------------------------------------------------------------
@@ -378,31 +391,32 @@ def upscale_volume(model, volume, axis, batch_size, progress=None):
     return np.moveaxis(out, 0, axis)
 
 
-def super_resolve_nifti(model, path, output_dir, axis, batch_size):
+def super_resolve_nifti(model, path, output_dir, axis, batch_size, guard):
     import nibabel as nib
     from tqdm import tqdm
 
     image, data = load_nifti(path)
     factor = model_factor(model)
-    volumes = [data] if data.ndim == 3 else [data[..., t] for t in range(data.shape[3])]
-    with tqdm(total=sum(v.shape[axis] for v in volumes), desc=os.path.basename(path), unit="slice",
+    series = data if data.ndim == 4 else data[..., None]
+    shape = [size * factor if k != axis else size for k, size in enumerate(data.shape[:3])]
+    out = np.empty(shape + list(series.shape[3:]), np.float32)  # filled volume by volume
+    with tqdm(total=series.shape[axis] * series.shape[3], desc=os.path.basename(path), unit="slice",
               leave=False) as progress:
-        outputs = [upscale_volume(model, v, axis, batch_size, progress) for v in volumes]
-    out = outputs[0] if data.ndim == 3 else np.stack(outputs, axis=-1)
+        for t in range(series.shape[3]):
+            out[..., t] = upscale_volume(model, series[..., t], axis, batch_size, progress)
     header = image.header.copy()
-    affine = upscaled_affine(image.affine, axis, factor)
     zooms = list(header.get_zooms())
     for k in range(3):
         if k != axis:
             zooms[k] /= factor
-    result = type(image)(out.astype(np.float32), affine, header=header)
+    result = type(image)(out if data.ndim == 4 else out[..., 0], upscaled_affine(image.affine, axis, factor),
+                         header=header)
     result.header.set_zooms(zooms)
-    for form in ("qform", "sform"):
-        code = int(header[f"{form}_code"]) if f"{form}_code" in header else 0
-        getattr(result, f"set_{form}")(affine, code=code)
-    out_path = os.path.join(output_dir, f"{stem_of(path)}_x{factor}.nii.gz")
-    check_not_input(out_path, path)
-    save_atomically(out_path, lambda tmp: nib.save(result, tmp))  # tmp ends in .nii.gz: gzipped
+    # qform (scanner) and sform (e.g. registered) may differ: each is upscaled on its own.
+    result.set_qform(upscaled_affine(header.get_qform(), axis, factor), code=int(header["qform_code"]))
+    result.set_sform(upscaled_affine(header.get_sform(), axis, factor), code=int(header["sform_code"]))
+    out_path = guard.claim(path, os.path.join(output_dir, f"{stem_of(path)}_x{factor}.nii.gz"))
+    write_atomically(out_path, lambda tmp: nib.save(result, tmp))  # tmp ends in .nii.gz: gzipped
     return out_path
 
 
@@ -422,14 +436,15 @@ def high_res_plane(path, axis):
         return dataset.luma_uint8(image).astype(np.float32) / 255.0
 
 
-def compare_on_input(model, path, output_dir, axis):
+def compare_on_input(model, path, output_dir, axis, guard):
     import dataset
 
     factor = model_factor(model)
     plane = high_res_plane(path, axis)
     height, width = (plane.shape[0] // factor) * factor, (plane.shape[1] // factor) * factor
-    if height == 0 or width == 0:
-        raise ValueError(f"smaller than {factor}x{factor} pixels: nothing to downsample")
+    minimum = max(11, factor)  # the SSIM window is 11x11
+    if min(height, width) < minimum:
+        raise ValueError(f"too small to compare ({plane.shape[1]}x{plane.shape[0]}); needs {minimum} pixels a side")
     target = plane[:height, :width][None, ..., None]
     low_res = dataset.downsample(target, factor).numpy()
     outputs = {"bicubic": bicubic_upscale(low_res, factor), "model": np.clip(upscale_plane(model, low_res[0, ..., 0]),
@@ -438,14 +453,13 @@ def compare_on_input(model, path, output_dir, axis):
     for name, output in outputs.items():
         psnr, ssim = scores(output, target)
         row.append((name, output[0], (float(psnr[0]), float(ssim[0]))))
-    out_path = os.path.join(output_dir, f"{stem_of(path)}_compare.png")
-    check_not_input(out_path, path)
+    out_path = guard.claim(path, os.path.join(output_dir, f"{stem_of(path)}_compare.png"))
     save_comparison_figure([row], out_path, [os.path.basename(path)])
     (_, _, (mp, ms)), (_, _, (bp, bs)) = row[2], row[1]
     return out_path, f"model PSNR {mp:.2f} dB SSIM {ms:.4f} | bicubic PSNR {bp:.2f} dB SSIM {bs:.4f}"
 
 
-def process_input(model, path, args):
+def process_input(model, path, args, guard):
     """One input file; returns (output path, note). ValueError on a bad file."""
     if not os.path.exists(path):
         raise ValueError("no such file")
@@ -455,10 +469,10 @@ def process_input(model, path, args):
     if kind is None:
         raise ValueError("unsupported kind of file (expected PNG, JPEG, BMP, TIFF, .nii or .nii.gz)")
     if args.compare:
-        return compare_on_input(model, path, args.output_dir, args.axis)
+        return compare_on_input(model, path, args.output_dir, args.axis, guard)
     if kind == "nifti":
-        return super_resolve_nifti(model, path, args.output_dir, args.axis, args.batch_size), ""
-    return super_resolve_image(model, path, args.output_dir), ""
+        return super_resolve_nifti(model, path, args.output_dir, args.axis, args.batch_size, guard), ""
+    return super_resolve_image(model, path, args.output_dir, guard), ""
 
 
 def run_on_inputs(model, args):
@@ -469,9 +483,10 @@ def run_on_inputs(model, args):
     if not files:
         raise ValueError(f"--input {' '.join(args.input)}: no supported files found")
     failures = 0
+    guard = OutputGuard(path for path in files if os.path.exists(path))
     for path in tqdm(files, desc="super-resolving", unit="file", disable=len(files) < 2):
         try:
-            out_path, note = process_input(model, path, args)
+            out_path, note = process_input(model, path, args, guard)
             tqdm.write(f"{path} -> {out_path}" + (f"  ({note})" if note else ""))
         except Exception as error:  # one bad file must not stop the others
             failures += 1

@@ -23,7 +23,8 @@ import tempfile
 import numpy as np
 
 import constants
-from cli import OneLineErrorParser, check_output_dir, import_tensorflow_quietly, positive_int
+from cli import (OneLineErrorParser, check_output_dir, import_tensorflow_quietly, positive_int, target_size,
+                 write_atomically)
 
 
 # --- Command line ------------------------------------------------------------
@@ -49,13 +50,6 @@ def fraction(text):
     value = positive_float(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def target_size(text):
-    value = positive_int(text)
-    if value < 16 or value % 16:
-        raise argparse.ArgumentTypeError(f"must be a multiple of 16 from 16 up, got {value}")
     return value
 
 
@@ -101,7 +95,11 @@ def parse_args(argv=None):
                         help="XLA-compile the training step; auto = on for float32, off for mixed precision")
     parser.add_argument("--strategy", choices=("auto", "one_device", "mirrored", "multi_worker"),
                         default=constants.STRATEGY, help="multi_worker reads the cluster from TF_CONFIG")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.target_size % args.upscale_factor:
+        parser.error(f"argument --target-size: {args.target_size} is not divisible by --upscale-factor "
+                     f"{args.upscale_factor}")
+    return args
 
 
 # --- Set-up ------------------------------------------------------------------
@@ -168,14 +166,6 @@ def load_extra_images(folder, size):
 # --- Outputs -----------------------------------------------------------------
 
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "val_psnr", "val_ssim", "learning_rate")
-
-
-def write_atomically(path, write):
-    """Calls write(tmp_path), then renames: `path` is never half-written."""
-    root, ext = os.path.splitext(path)
-    tmp_path = f"{root}.partial{ext}"
-    write(tmp_path)
-    os.replace(tmp_path, path)
 
 
 def save_history_csv(rows, path):
@@ -281,78 +271,38 @@ def distribute(strategy, data):
     return strategy.experimental_distribute_dataset(data.with_options(options))
 
 
-def train(args):
-    """Runs (or resumes) training; returns the history rows."""
-    import keras
-    import tensorflow as tf
-
+def plan_batches(args, n_images, replicas):
+    """(crop size, per-replica batch, global batch, steps per epoch) for this data."""
     import dataset
-    import modules
 
-    strategy = make_strategy(args.strategy)
-    chief = is_chief(strategy)
-    replicas = strategy.num_replicas_in_sync
-    print(f"strategy: {type(strategy).__name__}, replicas in sync: {replicas}")
-    policy = modules.choose_precision(args.precision)
-    keras.mixed_precision.set_global_policy(policy)
-    print(f"precision: {policy}", end=", ")
-
-    train_set, val_set = load_data(args)
-    n_examples = len(train_set.images) * (args.patches_per_image if args.patch_size else 1)
-    per_replica = min(args.batch_size, max(1, n_examples // replicas))
+    patch = dataset.effective_patch(args.patch_size, args.target_size, args.upscale_factor)
+    n_examples = n_images * (args.patches_per_image if patch else 1)
+    if n_examples < replicas:
+        raise ValueError(f"--data-dir {args.data_dir}: {n_examples} training examples for {replicas} replicas")
+    per_replica = min(args.batch_size, n_examples // replicas)
     if per_replica < args.batch_size:
         print(f"note: only {n_examples} training examples; batch size {per_replica} per replica")
     global_batch = per_replica * replicas
-    steps_per_epoch = n_examples // global_batch
+    return patch, per_replica, global_batch, n_examples // global_batch
 
-    output_dir = args.output_dir if chief else tempfile.mkdtemp(prefix="espcn_worker_")
-    backup_dir = os.path.join(args.output_dir, "backup") if chief else os.path.join(output_dir, "backup")
-    model_path = os.path.join(output_dir, constants.MODEL_FILENAME)
-    with strategy.scope():
-        model = modules.get_model(args.upscale_factor)
-        optimizer = make_optimizer(args, steps_per_epoch, replicas, policy)
-        optimizer.build(model.trainable_variables)
-    state = TrainingState(model, optimizer)
-    manager = tf.train.CheckpointManager(state.checkpoint, backup_dir, max_to_keep=1)
-    restore_from = tf.train.latest_checkpoint(os.path.join(args.output_dir, "backup"))
-    if restore_from:
-        state.checkpoint.restore(restore_from).expect_partial()
-        print(f"resumed from {restore_from}: continuing at epoch {int(state.epoch.numpy()) + 1} of {args.epochs}")
 
-    jit = args.jit == "on" or (args.jit == "auto" and policy == "float32")
-    print(f"XLA: {'on' if jit else 'off'}")
-    train_step = modules.make_train_step(model, optimizer, strategy, jit)
-    val_data = dataset.make_eval_dataset(val_set.images, per_replica, args.upscale_factor)
-    psnr_callback = modules.PSNRCallback(val_data)
-    callbacks = keras.callbacks.CallbackList([psnr_callback], add_progbar=True, model=model,
-                                             verbose=1 if chief else 0, epochs=args.epochs, steps=steps_per_epoch)
-    rows = state.history
-    while int(state.epoch.numpy()) < args.epochs and int(state.wait.numpy()) < args.patience:
-        epoch = int(state.epoch.numpy())
-        train_data = dataset.make_training_dataset(train_set.images, global_batch, args.upscale_factor,
-                                                   args.patch_size, args.patches_per_image, args.augment,
-                                                   seed=args.seed + epoch)
-        callbacks.on_epoch_begin(epoch)
-        total = 0.0
-        for step, batch in enumerate(distribute(strategy, train_data)):
-            if step >= steps_per_epoch:
-                break
-            total += float(train_step(batch))
-            callbacks.on_train_batch_end(step, {"loss": total / (step + 1)})
-        callbacks.on_epoch_end(epoch, {"loss": total / steps_per_epoch})  # the PSNR callback validates
-        val = psnr_callback.scores
-        row = {"epoch": epoch, "loss": total / steps_per_epoch, "val_loss": val["loss"], "val_psnr": val["psnr"],
-               "val_ssim": val["ssim"], "learning_rate": current_learning_rate(optimizer)}
-        improved = row["val_loss"] < float(state.best_val_loss.numpy())
-        if improved:
-            write_atomically(model_path, model.save)
-        state.record(row, model, improved, 0 if improved else int(state.wait.numpy()) + 1)
-        manager.save()
-        rows = state.history
-        save_history_csv(rows, os.path.join(output_dir, "history.csv"))
-    if int(state.wait.numpy()) >= args.patience:
-        print(f"early stopping: no better validation loss for {args.patience} epochs")
+def run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optimizer):
+    """One pass over the training batches, then validation; returns the history row."""
+    callbacks.on_epoch_begin(epoch)
+    total = 0.0
+    for step, batch in enumerate(batches):
+        if step >= steps:
+            break
+        total += float(train_step(batch))
+        callbacks.on_train_batch_end(step, {"loss": total / (step + 1)})
+    callbacks.on_epoch_end(epoch, {"loss": total / steps})  # the PSNR callback validates here
+    val = psnr_callback.scores
+    return {"epoch": epoch, "loss": total / steps, "val_loss": val["loss"], "val_psnr": val["psnr"],
+            "val_ssim": val["ssim"], "learning_rate": current_learning_rate(optimizer)}
 
+
+def finish(model, state, rows, model_path, output_dir):
+    """Keeps the best epoch's weights and writes the model, history and plots."""
     model.set_weights([w.numpy() for w in state.best_weights])
     write_atomically(model_path, model.save)
     save_history_csv(rows, os.path.join(output_dir, "history.csv"))
@@ -361,10 +311,79 @@ def train(args):
     print(f"best epoch {best['epoch'] + 1}: val_loss {best['val_loss']:.5f}, "
           f"val PSNR {best['val_psnr']:.2f} dB, val SSIM {best['val_ssim']:.4f}")
     print(f"weights fingerprint: {weights_fingerprint(model)}")  # equal on every worker of one run
+
+
+def train(args):
+    """Runs (or resumes) training; returns the history rows."""
+    import keras
+
+    import modules
+
+    strategy = make_strategy(args.strategy)
+    chief = is_chief(strategy)
+    if chief:
+        check_output_dir(args.output_dir)
+    print(f"strategy: {type(strategy).__name__}, replicas in sync: {strategy.num_replicas_in_sync}")
+    policy = modules.choose_precision(args.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    jit = args.jit == "on" or (args.jit == "auto" and policy == "float32")
+    print(f"precision: {policy}, XLA: {'on' if jit else 'off'}")
+    # Only the chief writes into --output-dir; the others write to a folder of their own, deleted at the end.
+    output_dir = args.output_dir if chief else tempfile.mkdtemp(prefix="espcn_worker_")
+    try:
+        return train_into(args, strategy, policy, jit, output_dir)
+    finally:
+        if not chief:
+            shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def train_into(args, strategy, policy, jit, output_dir):
+    import keras
+    import tensorflow as tf
+
+    import dataset
+    import modules
+
+    train_set, val_set = load_data(args)
+    replicas = strategy.num_replicas_in_sync
+    patch, per_replica, global_batch, steps = plan_batches(args, len(train_set.images), replicas)
+    with strategy.scope():
+        model = modules.get_model(args.upscale_factor)
+        optimizer = make_optimizer(args, steps, replicas, policy)
+        optimizer.build(model.trainable_variables)
+    state = TrainingState(model, optimizer)
+    backup_dir = os.path.join(output_dir, "backup")
+    manager = tf.train.CheckpointManager(state.checkpoint, backup_dir, max_to_keep=1)
+    restore_from = tf.train.latest_checkpoint(os.path.join(args.output_dir, "backup"))  # every worker: the chief's
+    if restore_from:
+        state.checkpoint.restore(restore_from).expect_partial()
+        print(f"resumed from {restore_from}: continuing at epoch {int(state.epoch.numpy()) + 1} of {args.epochs}")
+
+    train_step = modules.make_train_step(model, optimizer, strategy, jit)
+    psnr_callback = modules.PSNRCallback(
+        dataset.make_eval_dataset(val_set.images, per_replica, args.upscale_factor).cache())
+    callbacks = keras.callbacks.CallbackList([psnr_callback], add_progbar=True, model=model,
+                                             verbose=1 if output_dir == args.output_dir else 0,
+                                             epochs=args.epochs, steps=steps)
+    model_path = os.path.join(output_dir, constants.MODEL_FILENAME)
+    while int(state.epoch.numpy()) < args.epochs and int(state.wait.numpy()) < args.patience:
+        epoch = int(state.epoch.numpy())
+        batches = distribute(strategy, dataset.make_training_dataset(
+            train_set.images, global_batch, args.upscale_factor, patch, args.patches_per_image, args.augment,
+            seed=args.seed + epoch))
+        row = run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optimizer)
+        improved = row["val_loss"] < float(state.best_val_loss.numpy())
+        if improved:
+            write_atomically(model_path, model.save)
+        state.record(row, model, improved, 0 if improved else int(state.wait.numpy()) + 1)
+        manager.save()  # weights, optimizer, counters and history of this epoch, in one checkpoint
+        save_history_csv(state.history, os.path.join(output_dir, "history.csv"))
+    if int(state.wait.numpy()) >= args.patience:
+        print(f"early stopping: no better validation loss for {args.patience} epochs")
+    rows = state.history
+    finish(model, state, rows, model_path, output_dir)
     shutil.rmtree(backup_dir, ignore_errors=True)  # finished: nothing to resume
-    if not chief:
-        shutil.rmtree(output_dir, ignore_errors=True)
-    else:
+    if output_dir == args.output_dir:
         print(f"wrote {model_path}, history.csv, psnr.png and loss.png in {output_dir}")
     return rows
 
@@ -378,7 +397,6 @@ def main(argv=None):
     import_tensorflow_quietly()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        check_output_dir(args.output_dir)
         train(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -105,4 +105,4 @@ def test_embedded_sample_is_built_from_the_template_with_separated_slabs(tmp_pat
     assert {os.path.basename(os.path.dirname(p)) for p in train} == {"axial", "coronal", "sagittal"}
     below, slab, above = dataset.sample_slab_ranges(189)
     assert below[1] <= slab[0] - 6 and above[0] >= slab[1] + 6
-    assert not os.path.exists(root + ".partial")
+    assert [name for name in os.listdir(tmp_path / "data")] == ["AD_NC"]  # no temporary folder left

@@ -24,13 +24,15 @@ def run(model_path, out_dir, *inputs, extra=()):
 @pytest.mark.parametrize("mode,suffix,out_mode,out_suffix", [
     ("L", ".png", "L", ".png"), ("RGB", ".jpg", "RGB", ".png"), ("RGBA", ".png", "RGBA", ".png"),
     ("P", ".bmp", "RGB", ".png"), ("I;16", ".png", "I;16", ".png"), ("F", ".tif", "F", ".tif"),
-    ("LA", ".png", "LA", ".png"),
+    ("LA", ".png", "LA", ".png"), ("I", ".tif", "I", ".tif"),
 ])
 def test_every_image_mode_keeps_its_kind_at_four_times_the_size(tmp_path, model_path, mode, suffix, out_mode,
                                                                 out_suffix):
     rng = np.random.default_rng(0)
     base = Image.fromarray(rng.integers(0, 256, (13, 21, 3), dtype=np.uint8))  # odd sizes
-    if mode == "I;16":
+    if mode == "I":
+        image = Image.fromarray(rng.integers(-70000, 70000, (13, 21)).astype(np.int32))
+    elif mode == "I;16":
         image = Image.fromarray((rng.integers(0, 4096, (13, 21))).astype(np.uint16))
     elif mode == "F":
         image = Image.fromarray(rng.normal(100.0, 30.0, (13, 21)).astype(np.float32))
@@ -166,3 +168,33 @@ def test_bad_model_file_is_one_clear_line(tmp_path, content, capsys):
     assert predict.main(["--model", str(path), "--input", str(tmp_path / "x.png"), "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and "Traceback" not in err[0]
+
+
+def test_qform_and_sform_are_each_kept_in_place(tmp_path, model_path):
+    data = np.random.default_rng(2).random((8, 6, 3)).astype(np.float32)
+    image = nib.Nifti1Image(data, np.eye(4))
+    qform = nib.affines.from_matvec(np.diag([2.0, 2.0, 3.0]), [1.0, 2.0, 3.0])
+    sform = nib.affines.from_matvec(np.array([[0, -1.0, 0], [1.0, 0, 0], [0, 0, 1.0]]), [-5.0, 4.0, 0.0])
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=4)
+    nib.save(image, str(tmp_path / "two.nii"))
+    assert run(model_path, tmp_path / "out", tmp_path / "two.nii") == 0
+    result = nib.load(str(tmp_path / "out" / "two_x4.nii.gz"))
+    for original, upscaled in ((qform, result.get_qform()), (sform, result.get_sform())):
+        assert np.allclose(voxel_edges(upscaled, result.shape), voxel_edges(original, data.shape), atol=1e-4)
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, model_path, capsys):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.new("L", (8, 8), 40).save(folder / "a.png")
+    Image.new("L", (8, 8), 40).save(folder / "a.jpg")          # same stem: same output name
+    Image.new("L", (8, 8), 40).save(folder / "b.png")
+    Image.new("L", (8, 8), 99).save(folder / "b_x4.png")       # an input that is b.png's output name
+    before = (folder / "b_x4.png").read_bytes()
+    code = run(model_path, folder, folder)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert (folder / "b_x4.png").read_bytes() == before, "an input was overwritten"
+    assert "a.jpg" in err and "b.png" in err
+    assert (folder / "a_x4.png").exists() and (folder / "b_x4_x4.png").exists()

@@ -3,7 +3,6 @@ import csv
 import json
 import os
 
-import keras
 import numpy as np
 from PIL import Image
 
