@@ -75,8 +75,16 @@ def quiet_native_stderr():
 
 
 def import_tensorflow_quietly():
-    """Imports TensorFlow (and looks for GPUs) with the native start-up chatter hidden."""
+    """Imports TensorFlow (and looks for GPUs) with the native start-up chatter hidden.
+
+    It also turns on TensorFlow's oneDNN kernels, which TF enables by itself
+    only on CPUs with AVX-512 VNNI/BF16 or AMX: without them, convolutions run
+    as thousands of small Eigen matrix products.  On a 2-core AVX2 EPYC that
+    is +15% training and +15% inference throughput (benchmark.py).  Setting
+    TF_ENABLE_ONEDNN_OPTS=0 in the environment still turns them off.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     with quiet_native_stderr():
         import tensorflow as tf
 
