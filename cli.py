@@ -80,7 +80,7 @@ def import_tensorflow_quietly():
     It also turns on TensorFlow's oneDNN kernels, which TF enables by itself
     only on CPUs with AVX-512 VNNI/BF16 or AMX: without them, convolutions run
     as thousands of small Eigen matrix products.  On a 2-core AVX2 EPYC that
-    is +15% training and +15% inference throughput (benchmark.py).  Setting
+    is about +20% training and +10% inference throughput (benchmark.py).  Setting
     TF_ENABLE_ONEDNN_OPTS=0 in the environment still turns them off.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
