@@ -290,11 +290,11 @@ def run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optim
     """One pass over the training batches, then validation; returns the history row."""
     callbacks.on_epoch_begin(epoch)
     total = 0.0
-    for step, batch in enumerate(batches):
-        if step >= steps:
-            break
-        total += float(train_step(batch))
+    iterator = iter(batches)
+    for step in range(steps):
+        total += float(train_step(next(iterator)))
         callbacks.on_train_batch_end(step, {"loss": total / (step + 1)})
+    del iterator  # stops the input pipeline's workers, which would otherwise compete with validation
     callbacks.on_epoch_end(epoch, {"loss": total / steps})  # the PSNR callback validates here
     val = psnr_callback.scores
     return {"epoch": epoch, "loss": total / steps, "val_loss": val["loss"], "val_psnr": val["psnr"],
