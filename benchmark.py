@@ -114,12 +114,8 @@ def pipeline_epoch_seconds(data_dir, batch_size):
     """Seconds to produce one epoch of train.py's training batches (no model)."""
     import dataset
 
-    if data_dir == constants.DATA_DIR:
-        dataset.ensure_default_data(data_dir)
-    dataset.check_data_dir(data_dir)
-    paths = dataset.list_images(os.path.join(data_dir, "train"))
-    train_paths, _ = dataset.split_train_validation(paths)
-    slices = dataset.load_slices(train_paths, progress=False)
+    dataset.prepare_data_dir(data_dir)
+    slices, _ = dataset.load_train_validation(data_dir, progress=False)
     batches = dataset.make_training_dataset(slices.images, batch_size)
     for _ in batches.take(2):
         pass

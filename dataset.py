@@ -133,6 +133,23 @@ def split_train_validation(paths, fraction=constants.VALIDATION_SPLIT, seed=cons
     return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
 
 
+def prepare_data_dir(data_dir):
+    """Builds the embedded sample if data_dir is the missing default, then checks the tree.
+
+    An explicitly given data dir that does not exist is an error, never a reason to build.
+    """
+    if data_dir == constants.DATA_DIR:
+        ensure_default_data(data_dir)
+    check_data_dir(data_dir)
+
+
+def load_train_validation(data_dir, fraction=constants.VALIDATION_SPLIT, seed=constants.SEED,
+                          size=constants.TARGET_SIZE, progress=True):
+    """The decoded training and validation slices of <data_dir>/train (split by file, seeded)."""
+    train_paths, val_paths = split_train_validation(list_images(os.path.join(data_dir, "train")), fraction, seed)
+    return load_slices(train_paths, size, progress), load_slices(val_paths, size, progress)
+
+
 def check_data_dir(data_dir):
     """Raises ValueError naming what is missing from an AD_NC-style tree."""
     if not os.path.isdir(data_dir):

@@ -140,15 +140,14 @@ def summarise(results):
     return summary
 
 
-def comparison_rows(model, images, factor):
-    """(original, bicubic, model) [0,1] images and their scores for uint8 slices."""
+def comparison_rows(model, target, factor):
+    """(original, bicubic, model) images and their scores for (N, H, W, 1) [0,1] originals."""
     import dataset
 
-    target = dataset.to_unit_float(images).numpy()
     low_res = dataset.downsample(target, factor).numpy()
     outputs = {"bicubic": bicubic_upscale(low_res, factor), "model": upscale_batch(model, low_res)}
     rows = []
-    for i in range(len(images)):
+    for i in range(len(target)):
         row = [("original", target[i], None)]
         for name, output in outputs.items():
             psnr, ssim = scores(output[i:i + 1], target[i:i + 1])
@@ -179,11 +178,11 @@ def save_comparison_figure(rows, path, row_labels=None):
 
 
 def run_evaluation(model, args):
+    import dataset
     import modules
 
     test, results = evaluate_test_split(model, args.data_dir, args.batch_size, args.target_size)
     summary = summarise(results)
-    os.makedirs(args.output_dir, exist_ok=True)
     json_path = os.path.join(args.output_dir, "evaluation.json")
     def write_json(tmp_path):
         with open(tmp_path, "w") as out:
@@ -192,7 +191,8 @@ def run_evaluation(model, args):
     write_atomically(json_path, write_json)
     count = min(args.figure_images, len(test.paths))
     picks = np.linspace(0, len(test.paths) - 1, count).round().astype(int)
-    rows = comparison_rows(model, test.images[picks], modules.model_upscale_factor(model))
+    rows = comparison_rows(model, dataset.to_unit_float(test.images[picks]).numpy(),
+                           modules.model_upscale_factor(model))
     figure_path = os.path.join(args.output_dir, f"multi_comp_{count}.png")
     save_comparison_figure(rows, figure_path, [os.path.basename(test.paths[i]) for i in picks])
     print(f"{summary['n_images']} test images: model PSNR {summary['model_psnr']:.2f} dB "
@@ -437,22 +437,13 @@ def high_res_plane(path, axis):
 
 
 def compare_on_input(model, path, output_dir, axis, guard):
-    import dataset
-
     factor = model_factor(model)
     plane = high_res_plane(path, axis)
     height, width = (plane.shape[0] // factor) * factor, (plane.shape[1] // factor) * factor
     minimum = max(11, factor)  # the SSIM window is 11x11
     if min(height, width) < minimum:
         raise ValueError(f"too small to compare ({plane.shape[1]}x{plane.shape[0]}); needs {minimum} pixels a side")
-    target = plane[:height, :width][None, ..., None]
-    low_res = dataset.downsample(target, factor).numpy()
-    outputs = {"bicubic": bicubic_upscale(low_res, factor), "model": np.clip(upscale_plane(model, low_res[0, ..., 0]),
-                                                                              0, 1)[None, ..., None]}
-    row = [("original", target[0], None)]
-    for name, output in outputs.items():
-        psnr, ssim = scores(output, target)
-        row.append((name, output[0], (float(psnr[0]), float(ssim[0]))))
+    row = comparison_rows(model, plane[None, :height, :width, None], factor)[0]
     out_path = guard.claim(path, os.path.join(output_dir, f"{stem_of(path)}_compare.png"))
     save_comparison_figure([row], out_path, [os.path.basename(path)])
     (_, _, (mp, ms)), (_, _, (bp, bs)) = row[2], row[1]
@@ -507,11 +498,9 @@ def main(argv=None):
         print(f"model: {model_path} ({origin})")
         if args.input:
             return run_on_inputs(model, args)
-        if args.data_dir == constants.DATA_DIR:
-            import dataset
-            dataset.ensure_default_data(args.data_dir)
         import dataset
-        dataset.check_data_dir(args.data_dir)
+
+        dataset.prepare_data_dir(args.data_dir)
         run_evaluation(model, args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

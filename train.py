@@ -131,13 +131,8 @@ def load_data(args):
     """Decoded training, validation and test-free slices; ValueError on bad data."""
     import dataset
 
-    if args.data_dir == constants.DATA_DIR:
-        dataset.ensure_default_data(args.data_dir)
-    dataset.check_data_dir(args.data_dir)
-    paths = dataset.list_images(os.path.join(args.data_dir, "train"))
-    train_paths, val_paths = dataset.split_train_validation(paths, args.validation_split, args.seed)
-    train = dataset.load_slices(train_paths, args.target_size)
-    val = dataset.load_slices(val_paths, args.target_size)
+    dataset.prepare_data_dir(args.data_dir)
+    train, val = dataset.load_train_validation(args.data_dir, args.validation_split, args.seed, args.target_size)
     if len(train.paths) == 0:
         raise ValueError(f"--data-dir {args.data_dir}: no usable training image in train/")
     if args.extra_train_dir:
