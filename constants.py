@@ -48,6 +48,10 @@ LR_SCHEDULE = "cosine"
 PATCH_SIZE = 96
 # Random crops drawn from each training slice per epoch.
 PATCHES_PER_IMAGE = 2
+# Batches the input pipeline prepares in parallel and keeps ready: each is a
+# whole batch of crops, so 2 keep a 2-core CPU's model fed; tf.data's own
+# autotuner is turned off (it stalled passes over the data by ~1 s here).
+PIPELINE_PARALLEL_BATCHES = 2
 # Augmentation (flips, 90-degree turns, intensity scale and gamma, noise):
 # it is what makes a model trained on one smooth template work on real scans.
 AUGMENT = True

@@ -196,22 +196,39 @@ def tissue_boxes(images, threshold=12):
     return np.asarray(boxes, dtype=np.int32)
 
 
-def crop_at_tissue(image, box, patch, seed):
-    """A patch x patch crop whose centre lies inside the tissue box."""
+def crop_at_tissue(images, boxes, patch, seed):
+    """One patch x patch crop per (N, S, S) image whose centre lies inside its tissue box.
+
+    Batched: the crops are gathered by index, one op for the whole batch.
+    """
     import tensorflow as tf
 
-    size = tf.shape(image)[0]
-    centre = tf.random.stateless_uniform([2], seed, minval=0.0, maxval=1.0)
-    cy = tf.cast(box[0], tf.float32) + centre[0] * tf.cast(box[1] - box[0], tf.float32)
-    cx = tf.cast(box[2], tf.float32) + centre[1] * tf.cast(box[3] - box[2], tf.float32)
+    size = tf.shape(images)[1]
+    boxes = tf.cast(boxes, tf.float32)
+    centre = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed)
+    cy = boxes[:, 0] + centre[:, 0] * (boxes[:, 1] - boxes[:, 0])
+    cx = boxes[:, 2] + centre[:, 1] * (boxes[:, 3] - boxes[:, 2])
     top = tf.clip_by_value(tf.cast(cy, tf.int32) - patch // 2, 0, size - patch)
     left = tf.clip_by_value(tf.cast(cx, tf.int32) - patch // 2, 0, size - patch)
-    return image[top:top + patch, left:left + patch, :]
+    offsets = tf.range(patch)
+    rows = tf.gather(images, top[:, None] + offsets, axis=1, batch_dims=1)
+    return tf.gather(rows, left[:, None] + offsets, axis=2, batch_dims=1)
 
 
-def augment_target(target, seed):
+def random_dihedral(targets, seed):
+    """Each (N, S, S, C) image flipped and/or transposed at random: all 8 flips/90-degree turns, uniformly."""
+    import tensorflow as tf
+
+    draws = tf.random.stateless_uniform([3, tf.shape(targets)[0], 1, 1, 1], seed) < 0.5
+    targets = tf.where(draws[0], tf.reverse(targets, [2]), targets)
+    targets = tf.where(draws[1], tf.reverse(targets, [1]), targets)
+    return tf.where(draws[2], tf.transpose(targets, [0, 2, 1, 3]), targets)
+
+
+def augment_target(targets, seed):
     """Random flips, 90-degree turns, contrast inversion, intensity scale/gamma and noise.
 
+    Batched over (N, S, S, 1) square targets, with independent draws per image.
     Everything is applied to the high-resolution target, before the input is
     made from it, so (input, target) stay an exact area-downsampling pair.
     Contrast inversion inside the tissue turns the T1 template into a
@@ -220,21 +237,19 @@ def augment_target(target, seed):
     """
     import tensorflow as tf
 
-    seeds = tf.random.experimental.stateless_split(seed, 6)
-    target = tf.image.stateless_random_flip_left_right(target, seeds[0])
-    target = tf.image.stateless_random_flip_up_down(target, seeds[1])
-    target = tf.image.rot90(target, tf.random.stateless_uniform([], seeds[2], 0, 4, dtype=tf.int32))
-    draw = tf.random.stateless_uniform([4], seeds[3])
-    tissue = tf.cast(target > 0.02, target.dtype)
-    target = tf.where(draw[3] < constants.INVERT_PROBABILITY, tissue * (1.05 - target), target)
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    targets = random_dihedral(targets, seeds[0])
+    draw = tf.random.stateless_uniform([4, tf.shape(targets)[0], 1, 1, 1], seeds[1])
+    tissue = tf.cast(targets > 0.02, targets.dtype)
+    targets = tf.where(draw[3] < constants.INVERT_PROBABILITY, tissue * (1.05 - targets), targets)
     low_gamma, high_gamma = constants.GAMMA_RANGE
     gamma = low_gamma * (high_gamma / low_gamma) ** draw[1]        # log-uniform
-    target = tf.pow(tf.maximum(target, 0.0), gamma)
+    targets = tf.where(targets > 0, tf.exp(gamma * tf.math.log(targets)), 0.0)  # pow, 2x faster here
     low_peak, high_peak = constants.INTENSITY_SCALE_RANGE
-    target = target * (low_peak + (high_peak - low_peak) * draw[0])
+    targets = targets * (low_peak + (high_peak - low_peak) * draw[0])
     sigma = constants.NOISE_MAX * draw[2] ** 2                     # mostly small
-    noise = tf.random.stateless_normal(tf.shape(target), seeds[4], stddev=sigma)
-    return tf.clip_by_value(target + noise * tissue, 0.0, 1.0)
+    noise = tf.random.stateless_normal(tf.shape(targets), seeds[2]) * sigma
+    return tf.clip_by_value(targets + noise * tissue, 0.0, 1.0)
 
 
 def quantize_input(low_res):
@@ -251,44 +266,71 @@ def effective_patch(patch, size, factor):
     return patch if patch >= factor else 0
 
 
+def without_autotune(data, parallel=constants.PIPELINE_PARALLEL_BATCHES):
+    """The dataset with tf.data's autotuner off.
+
+    Its background optimisation stalled every other pass over a dataset by
+    ~1 s on a 2-core machine (measured on the validation set); fixed
+    parallelism and prefetch of a few whole batches keep the model fed.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.threading.private_threadpool_size = parallel
+    return data.with_options(options)
+
+
 def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, patch=constants.PATCH_SIZE,
                           patches_per_image=constants.PATCHES_PER_IMAGE, augment=constants.AUGMENT,
-                          seed=constants.SEED):
-    """Shuffled, augmented (input, target) batches from uint8 slices.
+                          seed=constants.SEED, epochs=1, first_epoch=0):
+    """Shuffled, augmented (input, target) batches from uint8 slices, `epochs` epochs in a row.
 
-    Decoding, padding and the Y conversion were done once by load_slices; the
-    per-epoch work (crop, augment, downsample) runs in a parallel map.
+    An epoch is len(images) x patches_per_image crops (1 per slice with whole
+    slices) in full batches, the remainder dropped; epoch e is shuffled and
+    augmented from (seed, e) alone, so a run resumed at `first_epoch` sees the
+    same data as one that never stopped.  Decoding, padding and the Y
+    conversion were done once by load_slices; the per-epoch work (crop,
+    augment, downsample) runs on whole batches, so each op runs once per batch
+    instead of once per crop (0.85 -> 0.5 s of CPU an epoch on 2 cores, time
+    the training step would otherwise lose).
     """
     import tensorflow as tf
 
     patch = effective_patch(patch, images.shape[1], factor)
-    boxes = tissue_boxes(images)
-    repeats = patches_per_image if patch else 1
-    index = tf.data.Dataset.range(len(images)).repeat(repeats)
-    data = index.shuffle(len(images) * repeats, seed=seed, reshuffle_each_iteration=True)
-    data = tf.data.Dataset.zip((data, tf.data.Dataset.random(seed=seed).batch(2)))
-    images_t, boxes_t = tf.constant(images), tf.constant(boxes)
+    n_examples = len(images) * (patches_per_image if patch else 1)
+    images_t, boxes_t = tf.constant(images), tf.constant(tissue_boxes(images))
 
-    def example(i, pair_seed):
-        target = to_unit_float(images_t[i])
+    def batches_of_epoch(epoch):
+        epoch_seed = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), epoch)
+        order = tf.argsort(tf.random.stateless_uniform([n_examples], epoch_seed))
+        batches = tf.data.Dataset.from_tensor_slices(order % len(images)).batch(batch_size, drop_remainder=True)
+        return batches.enumerate().map(
+            lambda step, indices: (indices, tf.random.experimental.stateless_fold_in(epoch_seed, step + 1)))
+
+    def batch_of_pairs(indices, batch_seed):
+        seeds = tf.random.experimental.stateless_split(batch_seed, 2)
+        slices = tf.gather(images_t, indices)
         if patch:
-            target = crop_at_tissue(target, boxes_t[i], patch, pair_seed)
+            slices = crop_at_tissue(slices, tf.gather(boxes_t, indices), patch, seeds[0])
+        targets = to_unit_float(slices)
         if augment:
-            target = augment_target(target, pair_seed + 1)
-        low_res, target = make_pair(target, factor)
-        return (quantize_input(low_res) if augment else low_res), target
+            targets = augment_target(targets, seeds[1])
+        low_res, targets = make_pair(targets, factor)
+        return (quantize_input(low_res) if augment else low_res), targets
 
-    data = data.map(example, num_parallel_calls=tf.data.AUTOTUNE)
-    return data.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+    data = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(batches_of_epoch)
+    parallel = constants.PIPELINE_PARALLEL_BATCHES
+    return without_autotune(data.map(batch_of_pairs, num_parallel_calls=parallel).prefetch(parallel))
 
 
 def make_eval_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR):
     """(input, target) batches of whole slices, in file order, no randomness."""
     import tensorflow as tf
 
-    data = tf.data.Dataset.from_tensor_slices(images)
-    data = data.map(lambda image: make_pair(to_unit_float(image), factor), num_parallel_calls=tf.data.AUTOTUNE)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    data = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    data = data.map(lambda batch: make_pair(to_unit_float(batch), factor))
+    return without_autotune(data.prefetch(constants.PIPELINE_PARALLEL_BATCHES))
 
 
 # --- Embedded sample ---------------------------------------------------------

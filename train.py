@@ -282,14 +282,12 @@ def plan_batches(args, n_images, replicas):
 
 
 def run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optimizer):
-    """One pass over the training batches, then validation; returns the history row."""
+    """`steps` training batches from the iterator `batches`, then validation; returns the history row."""
     callbacks.on_epoch_begin(epoch)
     total = 0.0
-    iterator = iter(batches)
     for step in range(steps):
-        total += float(train_step(next(iterator)))
+        total += float(train_step(next(batches)))
         callbacks.on_train_batch_end(step, {"loss": total / (step + 1)})
-    del iterator  # stops the input pipeline's workers, which would otherwise compete with validation
     callbacks.on_epoch_end(epoch, {"loss": total / steps})  # the PSNR callback validates here
     val = psnr_callback.scores
     return {"epoch": epoch, "loss": total / steps, "val_loss": val["loss"], "val_psnr": val["psnr"],
@@ -361,11 +359,12 @@ def train_into(args, strategy, policy, jit, output_dir):
                                              verbose=1 if output_dir == args.output_dir else 0,
                                              epochs=args.epochs, steps=steps)
     model_path = os.path.join(output_dir, constants.MODEL_FILENAME)
+    first_epoch = int(state.epoch.numpy())
+    batches = iter(distribute(strategy, dataset.make_training_dataset(
+        train_set.images, global_batch, args.upscale_factor, patch, args.patches_per_image, args.augment,
+        seed=args.seed, epochs=max(0, args.epochs - first_epoch), first_epoch=first_epoch)))
     while int(state.epoch.numpy()) < args.epochs and int(state.wait.numpy()) < args.patience:
         epoch = int(state.epoch.numpy())
-        batches = distribute(strategy, dataset.make_training_dataset(
-            train_set.images, global_batch, args.upscale_factor, patch, args.patches_per_image, args.augment,
-            seed=args.seed + epoch))
         row = run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optimizer)
         improved = row["val_loss"] < float(state.best_val_loss.numpy())
         if improved:

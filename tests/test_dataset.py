@@ -68,7 +68,7 @@ def test_training_crops_are_consistent_pairs_inside_tissue():
 
 def test_augmented_pairs_stay_exact_pairs_up_to_8_bit_rounding():
     images = np.random.default_rng(1).integers(0, 256, (2, 256, 256), dtype=np.uint8)
-    low_res, target = next(iter(dataset.make_training_dataset(images, 8, patch=64, augment=True)))
+    low_res, target = next(iter(dataset.make_training_dataset(images, 4, patch=64, augment=True)))
     assert np.all((target >= 0) & (target <= 1))
     assert np.abs(low_res - dataset.downsample(target)).max() <= 0.5 / 255 + 1e-6
 
@@ -106,3 +106,24 @@ def test_embedded_sample_is_built_from_the_template_with_separated_slabs(tmp_pat
     below, slab, above = dataset.sample_slab_ranges(189)
     assert below[1] <= slab[0] - 6 and above[0] >= slab[1] + 6
     assert [name for name in os.listdir(tmp_path / "data")] == ["AD_NC"]  # no temporary folder left
+
+
+def test_epochs_in_a_row_are_full_batches_and_a_resumed_run_sees_the_same_data():
+    images = np.random.default_rng(2).integers(0, 256, (5, 64, 64), dtype=np.uint8)
+    kwargs = dict(batch_size=4, patch=16, patches_per_image=2, augment=True, seed=7)
+    whole_run = list(dataset.make_training_dataset(images, epochs=3, **kwargs))
+    assert len(whole_run) == 3 * (10 // 4)  # per epoch: 10 crops -> 2 full batches, remainder dropped
+    assert all(target.shape == (4, 16, 16, 1) for _, target in whole_run)
+    resumed = list(dataset.make_training_dataset(images, epochs=2, first_epoch=1, **kwargs))
+    for (low_a, target_a), (low_b, target_b) in zip(whole_run[2:], resumed, strict=True):
+        assert np.array_equal(low_a, low_b) and np.array_equal(target_a, target_b)
+    assert not np.array_equal(whole_run[0][1], whole_run[2][1])  # each epoch draws new crops
+
+
+def test_an_epoch_uses_every_slice_patches_per_image_times():
+    images = np.zeros((6, 64, 64), np.uint8)
+    for k in range(6):
+        images[k, 20:40, 20:40] = 10 * (k + 1)  # each slice's tissue has its own grey level
+    batches = dataset.make_training_dataset(images, 3, patch=16, patches_per_image=2, augment=False, seed=3)
+    levels = [int(round(float(tf.reduce_max(t)) * 255)) for _, target in batches for t in target]
+    assert sorted(levels) == sorted(10 * (k + 1) for k in range(6) for _ in range(2))
