@@ -283,7 +283,8 @@ def without_autotune(data, parallel=constants.PIPELINE_PARALLEL_BATCHES):
 
 def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, patch=constants.PATCH_SIZE,
                           patches_per_image=constants.PATCHES_PER_IMAGE, augment=constants.AUGMENT,
-                          seed=constants.SEED, epochs=1, first_epoch=0):
+                          seed=constants.SEED, epochs=1, first_epoch=0,
+                          parallel=constants.PIPELINE_PARALLEL_BATCHES):
     """Shuffled, augmented (input, target) batches from uint8 slices, `epochs` epochs in a row.
 
     An epoch is len(images) x patches_per_image crops (1 per slice with whole
@@ -320,8 +321,7 @@ def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, p
         return (quantize_input(low_res) if augment else low_res), targets
 
     data = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(batches_of_epoch)
-    parallel = constants.PIPELINE_PARALLEL_BATCHES
-    return without_autotune(data.map(batch_of_pairs, num_parallel_calls=parallel).prefetch(parallel))
+    return without_autotune(data.map(batch_of_pairs, num_parallel_calls=parallel).prefetch(parallel), parallel)
 
 
 def make_eval_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR):

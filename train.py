@@ -86,6 +86,8 @@ def parse_args(argv=None):
                         help="high-resolution training crop; 0 = whole slices")
     parser.add_argument("--patches-per-image", type=positive_int, default=constants.PATCHES_PER_IMAGE,
                         help="random crops per training slice per epoch")
+    parser.add_argument("--pipeline-batches", type=positive_int, default=constants.PIPELINE_PARALLEL_BATCHES,
+                        help="training batches the input pipeline prepares in parallel and keeps ready")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=constants.AUGMENT,
                         help="flips, turns, intensity scale/gamma and noise on training crops")
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
@@ -362,7 +364,8 @@ def train_into(args, strategy, policy, jit, output_dir):
     first_epoch = int(state.epoch.numpy())
     batches = iter(distribute(strategy, dataset.make_training_dataset(
         train_set.images, global_batch, args.upscale_factor, patch, args.patches_per_image, args.augment,
-        seed=args.seed, epochs=max(0, args.epochs - first_epoch), first_epoch=first_epoch)))
+        seed=args.seed, epochs=max(0, args.epochs - first_epoch), first_epoch=first_epoch,
+        parallel=args.pipeline_batches)))
     while int(state.epoch.numpy()) < args.epochs and int(state.wait.numpy()) < args.patience:
         epoch = int(state.epoch.numpy())
         row = run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optimizer)

@@ -127,3 +127,12 @@ def test_an_epoch_uses_every_slice_patches_per_image_times():
     batches = dataset.make_training_dataset(images, 3, patch=16, patches_per_image=2, augment=False, seed=3)
     levels = [int(round(float(tf.reduce_max(t)) * 255)) for _, target in batches for t in target]
     assert sorted(levels) == sorted(10 * (k + 1) for k in range(6) for _ in range(2))
+
+
+def test_pipeline_parallelism_does_not_change_the_data():
+    images = np.random.default_rng(4).integers(0, 256, (6, 64, 64), dtype=np.uint8)
+    runs = [list(dataset.make_training_dataset(images, 4, patch=16, seed=5, epochs=2, parallel=parallel))
+            for parallel in (1, 3)]
+    assert len(runs[0]) == len(runs[1]) == 2 * (12 // 4)
+    for (low_a, target_a), (low_b, target_b) in zip(*runs):
+        assert np.array_equal(low_a, low_b) and np.array_equal(target_a, target_b)
