@@ -86,7 +86,7 @@ def benchmark_model(args, policy):
     if policy == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     strategy = tf.distribute.get_strategy()
-    jit = args.jit == "on" or (args.jit == "auto" and policy == "float32")
+    jit = modules.use_xla(args.jit, policy)
     train_step = modules.make_train_step(model, optimizer, strategy, jit)
     size, factor, batch = args.input_size, constants.UPSCALE_FACTOR, args.batch_size
     x = tf.random.uniform((args.steps, batch, size, size, 1))

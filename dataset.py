@@ -96,8 +96,8 @@ def tiles_of(image, size):
     """Non-overlapping size x size tiles covering an image (edge tiles padded)."""
     rows = max(1, -(-image.shape[0] // size))
     cols = max(1, -(-image.shape[1] // size))
-    return [pad_or_crop(image[r * size:(r + 1) * size, c * size:(c + 1) * size], size) if (rows, cols) != (1, 1)
-            else pad_or_crop(image, size) for r in range(rows) for c in range(cols)]
+    return [pad_or_crop(image[r * size:(r + 1) * size, c * size:(c + 1) * size], size)
+            for r in range(rows) for c in range(cols)]
 
 
 def load_slices(paths, size=constants.TARGET_SIZE, progress=True, tile=False):

@@ -184,6 +184,11 @@ def choose_precision(name):
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
+def use_xla(jit, policy):
+    """Whether --jit {auto,on,off} compiles the training step under this dtype policy (see constants.JIT)."""
+    return jit == "on" or (jit == "auto" and policy == "float32")
+
+
 def make_train_step(model, optimizer, strategy, jit):
     """A tf.function running one synchronous training step on every replica.
 

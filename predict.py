@@ -311,18 +311,14 @@ def upscale_image(model, image):
 
 def super_resolve_image(model, path, output_dir, guard):
     import dataset
+    import modules
 
     with dataset.open_image(path) as image:
         result, suffix = upscale_image(model, image)
-    out_path = guard.claim(path, os.path.join(output_dir, f"{stem_of(path)}_x{model_factor(model)}{suffix}"))
+    factor = modules.model_upscale_factor(model)
+    out_path = guard.claim(path, os.path.join(output_dir, f"{stem_of(path)}_x{factor}{suffix}"))
     write_atomically(out_path, lambda tmp: result.save(tmp, format="TIFF" if suffix == ".tif" else "PNG"))
     return out_path
-
-
-def model_factor(model):
-    import modules
-
-    return modules.model_upscale_factor(model)
 
 
 class OutputGuard:
@@ -395,8 +391,10 @@ def super_resolve_nifti(model, path, output_dir, axis, batch_size, guard):
     import nibabel as nib
     from tqdm import tqdm
 
+    import modules
+
     image, data = load_nifti(path)
-    factor = model_factor(model)
+    factor = modules.model_upscale_factor(model)
     series = data if data.ndim == 4 else data[..., None]
     shape = [size * factor if k != axis else size for k, size in enumerate(data.shape[:3])]
     out = np.empty(shape + list(series.shape[3:]), np.float32)  # filled volume by volume
@@ -437,7 +435,9 @@ def high_res_plane(path, axis):
 
 
 def compare_on_input(model, path, output_dir, axis, guard):
-    factor = model_factor(model)
+    import modules
+
+    factor = modules.model_upscale_factor(model)
     plane = high_res_plane(path, axis)
     height, width = (plane.shape[0] // factor) * factor, (plane.shape[1] // factor) * factor
     minimum = max(11, factor)  # the SSIM window is 11x11

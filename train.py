@@ -321,7 +321,7 @@ def train(args):
     print(f"strategy: {type(strategy).__name__}, replicas in sync: {strategy.num_replicas_in_sync}")
     policy = modules.choose_precision(args.precision)
     keras.mixed_precision.set_global_policy(policy)
-    jit = args.jit == "on" or (args.jit == "auto" and policy == "float32")
+    jit = modules.use_xla(args.jit, policy)
     print(f"precision: {policy}, XLA: {'on' if jit else 'off'}")
     # Only the chief writes into --output-dir; the others write to a folder of their own, deleted at the end.
     output_dir = args.output_dir if chief else tempfile.mkdtemp(prefix="espcn_worker_")

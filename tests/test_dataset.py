@@ -136,3 +136,14 @@ def test_pipeline_parallelism_does_not_change_the_data():
     assert len(runs[0]) == len(runs[1]) == 2 * (12 // 4)
     for (low_a, target_a), (low_b, target_b) in zip(*runs):
         assert np.array_equal(low_a, low_b) and np.array_equal(target_a, target_b)
+
+
+def test_large_images_are_tiled_and_small_ones_padded():
+    image = np.random.default_rng(6).integers(0, 256, (300, 600), dtype=np.uint8)
+    tiles = dataset.tiles_of(image, 256)
+    assert len(tiles) == 2 * 3 and all(tile.shape == (256, 256) for tile in tiles)
+    assert np.array_equal(tiles[0], image[:256, :256])
+    assert np.array_equal(tiles[5][:44, :88], image[256:, 512:]) and not tiles[5][44:].any()
+    small = image[:100, :200]
+    (only,) = dataset.tiles_of(small, 256)
+    assert np.array_equal(only, dataset.pad_or_crop(small, 256))
