@@ -96,6 +96,16 @@ def test_predict_with_a_bad_model_is_one_line(tmp_path, tiny_tree, content):
     assert len(result.stderr.strip().splitlines()) == 1 and str(model) in result.stderr
 
 
+@pytest.fixture
+def ctrl_c_reaches_children():
+    """Ctrl-C in a terminal reaches a train.py whose SIGINT is not ignored. A suite started as a background job
+    (as CI does) inherits SIGINT ignored, and so would train.py, which keeps Python's rule of honouring an
+    inherited ignore; a handler here, unlike an ignore, is reset to the default in the child."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def start_training(data, out, epochs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen([sys.executable, "train.py", "--data-dir", data, "--output-dir", out,
@@ -113,7 +123,7 @@ def wait_for_epochs(proc, out, count, timeout=240):
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
-def test_interrupted_training_resumes_with_every_epoch_once(tmp_path, how):
+def test_interrupted_training_resumes_with_every_epoch_once(tmp_path, how, ctrl_c_reaches_children):
     data = write_tree(tmp_path / "AD_NC", n_train=6, n_test=2)
     out = str(tmp_path / "out")
     epochs = 3
