@@ -159,8 +159,9 @@ def main(argv=None):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"precision {policy}, XLA {'on' if jit else 'off'}, batch {args.batch_size}, {args.input_size}x{args.input_size} -> "
-          f"{args.input_size * 4}x{args.input_size * 4}")
+    out_size = args.input_size * constants.UPSCALE_FACTOR
+    print(f"precision {policy}, XLA {'on' if jit else 'off'}, batch {args.batch_size}, "
+          f"{args.input_size}x{args.input_size} -> {out_size}x{out_size}")
     print(f"train: {result['train_images_per_s']} img/s ({result['train_gflops']} GFLOP/s, "
           f"{100 * result['train_fraction_of_peak']:.0f}% of the {peak:.0f} GFLOP/s matmul peak)")
     print(f"infer: {result['infer_images_per_s']} img/s ({result['infer_gflops']} GFLOP/s, "
