@@ -126,7 +126,7 @@ def wait_for_epochs(proc, out, count, timeout=240):
 def test_interrupted_training_resumes_with_every_epoch_once(tmp_path, how, ctrl_c_reaches_children):
     data = write_tree(tmp_path / "AD_NC", n_train=6, n_test=2)
     out = str(tmp_path / "out")
-    epochs = 3
+    epochs = 8  # a tiny epoch takes about 0.15 s: enough left to run when the signal comes after the first
     proc = start_training(data, out, epochs)
     wait_for_epochs(proc, out, 1)
     proc.send_signal(how)
