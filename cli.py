@@ -74,17 +74,22 @@ def quiet_native_stderr():
             os.close(saved)
 
 
-def import_tensorflow_quietly():
-    """Imports TensorFlow (and looks for GPUs) with the native start-up chatter hidden.
+def set_tensorflow_environment():
+    """TensorFlow's settings for this project; they must be set before TensorFlow is imported.
 
-    It also turns on TensorFlow's oneDNN kernels, which TF enables by itself
-    only on CPUs with AVX-512 VNNI/BF16 or AMX: without them, convolutions run
-    as thousands of small Eigen matrix products.  On a 2-core AVX2 EPYC that
-    is about +20% training and +10% inference throughput (benchmark.py).  Setting
-    TF_ENABLE_ONEDNN_OPTS=0 in the environment still turns them off.
+    Native INFO/WARNING logs off, and TensorFlow's oneDNN kernels on, which TF
+    enables by itself only on CPUs with AVX-512 VNNI/BF16 or AMX: without them,
+    convolutions run as thousands of small Eigen matrix products.  On a 2-core
+    AVX2 EPYC that is about +20% training and +10% inference throughput
+    (benchmark.py).  Either set in the environment beforehand wins.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow (and looks for GPUs) set up by set_tensorflow_environment, its start-up chatter hidden."""
+    set_tensorflow_environment()
     with quiet_native_stderr():
         import tensorflow as tf
 

@@ -9,9 +9,9 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# The same TensorFlow set-up as the scripts (cli.import_tensorflow_quietly), for in-process tests.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cli import set_tensorflow_environment  # noqa: E402  (ROOT must be on the path first)
+
+set_tensorflow_environment()  # the scripts' TensorFlow set-up, for in-process tests
 
 
 def brain_like(width, height, seed):
