@@ -17,7 +17,10 @@ import sys
 import time
 
 import constants
-from cli import OneLineErrorParser, import_tensorflow_quietly, positive_int
+import dataset
+import modules
+from cli import OneLineErrorParser, positive_int
+from tensorflow_env import keras, tf
 
 
 def parse_args(argv=None):
@@ -38,8 +41,6 @@ def parse_args(argv=None):
 
 def model_flops_per_image(model, input_size):
     """Multiply-adds x2 of every convolution for one input_size^2 image (forward pass)."""
-    import keras
-
     flops = 0
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
@@ -50,8 +51,6 @@ def model_flops_per_image(model, input_size):
 
 def matmul_peak_gflops(dtype, size=2048, repeats=5):
     """Best GFLOP/s of a size^3 matrix multiply in `dtype`: the machine's practical peak."""
-    import tensorflow as tf
-
     a = tf.random.uniform((size, size), dtype=tf.float32)
     a = tf.cast(a, dtype)
     matmul = tf.function(lambda x: tf.matmul(x, x))
@@ -75,10 +74,7 @@ def time_repeats(run_once, repeats, images_per_run):
 
 def benchmark_model(args, policy):
     """Median train and inference images/s on random data."""
-    import keras
-    import tensorflow as tf
 
-    import modules
 
     keras.mixed_precision.set_global_policy(policy)
     model = modules.get_model(constants.UPSCALE_FACTOR)
@@ -112,8 +108,6 @@ def benchmark_model(args, policy):
 
 def pipeline_epoch_seconds(data_dir, batch_size):
     """Seconds to produce one epoch of train.py's training batches (no model)."""
-    import dataset
-
     dataset.prepare_data_dir(data_dir)
     slices, _ = dataset.load_train_validation(data_dir, progress=False)
     batches = dataset.make_training_dataset(slices.images, batch_size)
@@ -126,10 +120,7 @@ def pipeline_epoch_seconds(data_dir, batch_size):
 
 def main(argv=None):
     args = parse_args(argv)
-    import_tensorflow_quietly()
-    import tensorflow as tf
 
-    import modules
 
     try:
         policy = modules.choose_precision(args.precision)

@@ -26,18 +26,31 @@ def positive_int(text):
 def write_atomically(path, write):
     """Calls write(tmp_path), then renames tmp_path to path: `path` is never half-written.
 
-    The temporary file sits beside the target (same filesystem, so the rename
-    is atomic) and keeps its suffix, which savers such as Keras and nibabel
-    read to pick the format.  It is removed if writing fails.
+    The temporary file is created exclusively (O_CREAT | O_EXCL, which never
+    follows a symlink) under a fresh random name beside the target, so a link
+    planted in the output folder cannot redirect the write onto another file
+    (an input, say), and two writers of one target never share a temporary.
+    Its name ends with the target's own name, so savers that pick the format
+    from the suffix (Keras, nibabel, matplotlib) see the right one.  The
+    rename replaces a link at `path` itself, never the file it points to.  The
+    temporary is removed if writing fails.
     """
     folder, name = os.path.split(path)
-    tmp_path = os.path.join(folder, f".partial-{name}")
+    handle, tmp_path = tempfile.mkstemp(prefix=".partial-", suffix=f"-{name}", dir=folder or ".")
+    os.close(handle)
     try:
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes it private (0600)
         write(tmp_path)
         os.replace(tmp_path, path)
     finally:
-        if os.path.exists(tmp_path):
+        if os.path.lexists(tmp_path):
             os.remove(tmp_path)
+
+
+def current_umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_output_dir(output_dir):
@@ -72,28 +85,6 @@ def quiet_native_stderr():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-
-
-def set_tensorflow_environment():
-    """TensorFlow's settings for this project; they must be set before TensorFlow is imported.
-
-    Native INFO/WARNING logs off, and TensorFlow's oneDNN kernels on, which TF
-    enables by itself only on CPUs with AVX-512 VNNI/BF16 or AMX: without them,
-    convolutions run as thousands of small Eigen matrix products.  On a 2-core
-    AVX2 EPYC that is about +20% training and +10% inference throughput
-    (benchmark.py).  Either set in the environment beforehand wins.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
-
-def import_tensorflow_quietly():
-    """Imports TensorFlow (and looks for GPUs) set up by set_tensorflow_environment, its start-up chatter hidden."""
-    set_tensorflow_environment()
-    with quiet_native_stderr():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")
 
 
 def target_size(text):

@@ -21,14 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 import constants
+from tensorflow_env import tf
 
 
 @dataclass
 class Split:
     """Decoded slices of one split: uint8 (N, size, size) and their files."""
-
     images: np.ndarray
     paths: list
 
@@ -106,7 +107,6 @@ def load_slices(paths, size=constants.TARGET_SIZE, progress=True, tile=False):
     Unusable files get one warning each and are left out.  With tile=True a
     large image gives all its size x size tiles instead of its centre.
     """
-    from tqdm import tqdm
 
     images, kept = [], []
     for path in tqdm(paths, desc="reading slices", unit="img", disable=not progress, leave=False):
@@ -166,8 +166,6 @@ def check_data_dir(data_dir):
 
 def downsample(target, factor=constants.UPSCALE_FACTOR):
     """Area (box) downsampling of (..., H, W, C) by an integer factor."""
-    import tensorflow as tf
-
     height, width = tf.shape(target)[-3] // factor, tf.shape(target)[-2] // factor
     return tf.image.resize(target, (height, width), method="area")
 
@@ -179,8 +177,6 @@ def make_pair(target, factor=constants.UPSCALE_FACTOR):
 
 def to_unit_float(images):
     """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1]."""
-    import tensorflow as tf
-
     return tf.cast(images, tf.float32)[..., None] / 255.0
 
 
@@ -201,7 +197,6 @@ def crop_at_tissue(images, boxes, patch, seed):
 
     Batched: the crops are gathered by index, one op for the whole batch.
     """
-    import tensorflow as tf
 
     size = tf.shape(images)[1]
     boxes = tf.cast(boxes, tf.float32)
@@ -217,8 +212,6 @@ def crop_at_tissue(images, boxes, patch, seed):
 
 def random_dihedral(targets, seed):
     """Each (N, S, S, C) image flipped and/or transposed at random: all 8 flips/90-degree turns, uniformly."""
-    import tensorflow as tf
-
     draws = tf.random.stateless_uniform([3, tf.shape(targets)[0], 1, 1, 1], seed) < 0.5
     targets = tf.where(draws[0], tf.reverse(targets, [2]), targets)
     targets = tf.where(draws[1], tf.reverse(targets, [1]), targets)
@@ -235,7 +228,6 @@ def augment_target(targets, seed):
     T2/PD-like image (bright fluid, dark white matter); noise goes on tissue
     only, so a black background stays exactly black.
     """
-    import tensorflow as tf
 
     seeds = tf.random.experimental.stateless_split(seed, 3)
     targets = random_dihedral(targets, seeds[0])
@@ -254,8 +246,6 @@ def augment_target(targets, seed):
 
 def quantize_input(low_res):
     """Rounds to 8-bit levels: users feed 8-bit PNGs at prediction time."""
-    import tensorflow as tf
-
     return tf.round(low_res * 255.0) / 255.0
 
 
@@ -273,7 +263,6 @@ def without_autotune(data, parallel=constants.PIPELINE_PARALLEL_BATCHES):
     ~1 s on a 2-core machine (measured on the validation set); fixed
     parallelism and prefetch of a few whole batches keep the model fed.
     """
-    import tensorflow as tf
 
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -296,7 +285,6 @@ def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, p
     instead of once per crop (0.85 -> 0.5 s of CPU an epoch on 2 cores, time
     the training step would otherwise lose).
     """
-    import tensorflow as tf
 
     patch = effective_patch(patch, images.shape[1], factor)
     n_examples = len(images) * (patches_per_image if patch else 1)
@@ -326,8 +314,6 @@ def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, p
 
 def make_eval_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR):
     """(input, target) batches of whole slices, in file order, no randomness."""
-    import tensorflow as tf
-
     data = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     data = data.map(lambda batch: make_pair(to_unit_float(batch), factor))
     return without_autotune(data.prefetch(constants.PIPELINE_PARALLEL_BATCHES))

@@ -12,10 +12,8 @@ of the 16 sub-pixel phases, so the output gets a black dot on every 4x4 cell
 (2 of 16 died in a first run here).  A linear layer always passes gradient, so
 that failure cannot happen; outputs are clipped to [0, 1] when they are used.
 """
-import keras
-import tensorflow as tf
-
 import constants
+from tensorflow_env import keras, tf
 
 
 @keras.saving.register_keras_serializable(package="espcn")

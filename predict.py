@@ -20,11 +20,16 @@ import os
 import sys
 import zipfile
 
+import nibabel as nib
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 import constants
-from cli import (OneLineErrorParser, check_output_dir, import_tensorflow_quietly, positive_int, target_size,
-                 write_atomically)
+import dataset
+import modules
+from cli import OneLineErrorParser, check_output_dir, positive_int, target_size, write_atomically
+from tensorflow_env import keras, tf
 
 
 # --- Command line ------------------------------------------------------------
@@ -70,9 +75,7 @@ def resolve_model_path(model_arg, output_dir):
 
 def load_model(path):
     """Loads a .keras ESPCN with safe_mode on; ValueError naming the file if it cannot."""
-    import keras
 
-    import modules  # registers DepthToSpace for deserialisation
 
     if not os.path.isfile(path):
         raise ValueError(f"--model {path}: no such file")
@@ -92,7 +95,6 @@ def upscale_batch(model, low_res):
 
 
 def bicubic_upscale(low_res, factor):
-    import tensorflow as tf
 
     size = (low_res.shape[1] * factor, low_res.shape[2] * factor)
     return np.clip(tf.image.resize(low_res, size, method="bicubic").numpy(), 0.0, 1.0)
@@ -100,8 +102,6 @@ def bicubic_upscale(low_res, factor):
 
 def scores(prediction, target):
     """Per-image PSNR and SSIM as numpy arrays."""
-    import modules
-
     psnr, ssim = modules.psnr_ssim(prediction, target)
     return psnr.numpy(), ssim.numpy()
 
@@ -110,10 +110,7 @@ def scores(prediction, target):
 
 def evaluate_test_split(model, data_dir, batch_size, size=constants.TARGET_SIZE):
     """Model and bicubic outputs with per-image scores over the whole test split."""
-    from tqdm import tqdm
 
-    import dataset
-    import modules
 
     factor = modules.model_upscale_factor(model)
     if size % factor:
@@ -142,8 +139,6 @@ def summarise(results):
 
 def comparison_rows(model, target, factor):
     """(original, bicubic, model) images and their scores for (N, H, W, 1) [0,1] originals."""
-    import dataset
-
     low_res = dataset.downsample(target, factor).numpy()
     outputs = {"bicubic": bicubic_upscale(low_res, factor), "model": upscale_batch(model, low_res)}
     rows = []
@@ -178,8 +173,6 @@ def save_comparison_figure(rows, path, row_labels=None):
 
 
 def run_evaluation(model, args):
-    import dataset
-    import modules
 
     test, results = evaluate_test_split(model, args.data_dir, args.batch_size, args.target_size)
     summary = summarise(results)
@@ -243,8 +236,6 @@ def upscale_plane(model, plane, batch_size=constants.PREDICT_BATCH_SIZE):
 
 def upscale_planes(model, planes, batch_size, progress=None):
     """Model output for (n, h, w) float planes, batch by batch (bounded memory)."""
-    import modules
-
     factor = modules.model_upscale_factor(model)
     n, height, width = planes.shape
     out = np.empty((n, height * factor, width * factor), np.float32)
@@ -270,9 +261,7 @@ def upscale_grey_values(model, values, bits):
 
 def upscale_image(model, image):
     """The x4 PIL image for a PIL image of any mode, and the file suffix to save it with."""
-    from PIL import Image
 
-    import modules
 
     factor = modules.model_upscale_factor(model)
     size = (image.width * factor, image.height * factor)
@@ -310,8 +299,6 @@ def upscale_image(model, image):
 
 
 def super_resolve_image(model, path, output_dir, guard):
-    import dataset
-    import modules
 
     with dataset.open_image(path) as image:
         result, suffix = upscale_image(model, image)
@@ -323,7 +310,6 @@ def super_resolve_image(model, path, output_dir, guard):
 
 class OutputGuard:
     """Refuses an output that is one of the inputs, or that another input already wrote."""
-
     def __init__(self, inputs):
         self.inputs = {os.path.realpath(path) for path in inputs}
         self.claimed = {}
@@ -342,7 +328,6 @@ class OutputGuard:
 # --- NIfTI volumes -------------------------------------------------------------
 
 def load_nifti(path):
-    import nibabel as nib
 
     if os.path.getsize(path) == 0:
         raise ValueError("empty file")
@@ -388,10 +373,7 @@ def upscale_volume(model, volume, axis, batch_size, progress=None):
 
 
 def super_resolve_nifti(model, path, output_dir, axis, batch_size, guard):
-    import nibabel as nib
-    from tqdm import tqdm
 
-    import modules
 
     image, data = load_nifti(path)
     factor = modules.model_upscale_factor(model)
@@ -422,8 +404,6 @@ def super_resolve_nifti(model, path, output_dir, axis, batch_size, guard):
 
 def high_res_plane(path, axis):
     """A [0,1] 2D plane from an image (its Y) or a NIfTI volume (middle slice)."""
-    import dataset
-
     if kind_of(path) == "nifti":
         _, data = load_nifti(path)
         volume = data if data.ndim == 3 else data[..., 0]
@@ -435,7 +415,6 @@ def high_res_plane(path, axis):
 
 
 def compare_on_input(model, path, output_dir, axis, guard):
-    import modules
 
     factor = modules.model_upscale_factor(model)
     plane = high_res_plane(path, axis)
@@ -468,8 +447,6 @@ def process_input(model, path, args, guard):
 
 def run_on_inputs(model, args):
     """Super-resolves every input; a bad file is reported and skipped. Returns the exit code."""
-    from tqdm import tqdm
-
     files = expand_inputs(args.input)
     if not files:
         raise ValueError(f"--input {' '.join(args.input)}: no supported files found")
@@ -490,7 +467,6 @@ def run_on_inputs(model, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    import_tensorflow_quietly()
     try:
         check_output_dir(args.output_dir)
         model_path, origin = resolve_model_path(args.model, args.output_dir)
@@ -498,7 +474,6 @@ def main(argv=None):
         print(f"model: {model_path} ({origin})")
         if args.input:
             return run_on_inputs(model, args)
-        import dataset
 
         dataset.prepare_data_dir(args.data_dir)
         run_evaluation(model, args)

@@ -20,11 +20,15 @@ import signal
 import sys
 import tempfile
 
+import hashlib
+
 import numpy as np
 
 import constants
-from cli import (OneLineErrorParser, check_output_dir, import_tensorflow_quietly, positive_int, target_size,
-                 write_atomically)
+import dataset
+import modules
+from cli import OneLineErrorParser, check_output_dir, positive_int, target_size, write_atomically
+from tensorflow_env import keras, tf
 
 
 # --- Command line ------------------------------------------------------------
@@ -107,7 +111,6 @@ def parse_args(argv=None):
 # --- Set-up ------------------------------------------------------------------
 
 def make_strategy(name):
-    import tensorflow as tf
 
     if name == "auto":
         name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "one_device"
@@ -131,8 +134,6 @@ def is_chief(strategy):
 
 def load_data(args):
     """Decoded training, validation and test-free slices; ValueError on bad data."""
-    import dataset
-
     dataset.prepare_data_dir(args.data_dir)
     train, val = dataset.load_train_validation(args.data_dir, args.validation_split, args.seed, args.target_size)
     if len(train.paths) == 0:
@@ -149,8 +150,6 @@ def load_data(args):
 
 def load_extra_images(folder, size):
     """Every image under `folder`, tiled into training slices (training only, never validation)."""
-    import dataset
-
     if not os.path.isdir(folder):
         raise ValueError(f"--extra-train-dir {folder}: no such directory")
     extra = dataset.load_slices(dataset.list_images(folder), size, tile=True)
@@ -207,7 +206,6 @@ class TrainingState:
     """
 
     def __init__(self, model, optimizer):
-        import tensorflow as tf
 
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -233,7 +231,6 @@ class TrainingState:
 
 
 def make_optimizer(args, steps_per_epoch, replicas, policy):
-    import keras
 
     learning_rate = args.learning_rate * replicas  # linear scaling with the global batch
     if args.lr_schedule == "cosine":
@@ -247,8 +244,6 @@ def make_optimizer(args, steps_per_epoch, replicas, policy):
 
 def weights_fingerprint(model):
     """A short hash of all weights, to check that workers ended in the same place."""
-    import hashlib
-
     digest = hashlib.sha256()
     for weight in model.get_weights():
         digest.update(weight.tobytes())
@@ -261,7 +256,6 @@ def current_learning_rate(optimizer):
 
 
 def distribute(strategy, data):
-    import tensorflow as tf
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -270,8 +264,6 @@ def distribute(strategy, data):
 
 def plan_batches(args, n_images, replicas):
     """(crop size, per-replica batch, global batch, steps per epoch) for this data."""
-    import dataset
-
     patch = dataset.effective_patch(args.patch_size, args.target_size, args.upscale_factor)
     n_examples = n_images * (args.patches_per_image if patch else 1)
     if n_examples < replicas:
@@ -310,9 +302,7 @@ def finish(model, state, rows, model_path, output_dir):
 
 def train(args):
     """Runs (or resumes) training; returns the history rows."""
-    import keras
 
-    import modules
 
     strategy = make_strategy(args.strategy)
     chief = is_chief(strategy)
@@ -333,11 +323,7 @@ def train(args):
 
 
 def train_into(args, strategy, policy, jit, output_dir):
-    import keras
-    import tensorflow as tf
 
-    import dataset
-    import modules
 
     train_set, val_set = load_data(args)
     replicas = strategy.num_replicas_in_sync
@@ -391,7 +377,6 @@ def stop_on_sigterm(signum, frame):
 
 def main(argv=None):
     args = parse_args(argv)
-    import_tensorflow_quietly()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         train(args)

@@ -8,10 +8,7 @@ import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from cli import set_tensorflow_environment  # noqa: E402  (ROOT must be on the path first)
-
-set_tensorflow_environment()  # the scripts' TensorFlow set-up, for in-process tests
+sys.path.insert(0, ROOT)  # the project's modules, for in-process tests
 
 
 def brain_like(width, height, seed):

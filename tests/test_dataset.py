@@ -2,11 +2,11 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
 import dataset
 from conftest import write_tree
+from tensorflow_env import tf
 
 
 def test_adni_slice_is_padded_at_the_bottom_to_256_square(tmp_path):

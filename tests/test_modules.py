@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-import tensorflow as tf
-import keras
 
 import modules
+from tensorflow_env import keras, tf
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (13, 17), (1, 5)])

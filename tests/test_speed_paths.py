@@ -4,7 +4,9 @@ import json
 import numpy as np
 import pytest
 
+import predict
 from conftest import run_script, write_tree
+from tensorflow_env import keras
 
 
 def test_benchmark_runs_and_prints_its_json(tmp_path):
@@ -29,14 +31,9 @@ def test_fast_training_paths_train_and_save_a_float32_output_model(tmp_path, fla
     assert result.returncode == 0, result.stderr[-3000:]
     if "--precision" in flags:
         assert f"precision: {flags[1]}" in result.stdout
-    import keras
-
-    import modules  # noqa: F401  (registers DepthToSpace)
     model = keras.models.load_model(str(out / "espcn.keras"), safe_mode=True, compile=False)
     assert model.get_layer("conv4_linear").dtype_policy.compute_dtype == "float32"
     assert model.output.dtype == "float32"
-    import predict
-
     served = predict.load_model(str(out / "espcn.keras"))
     assert all(layer.dtype_policy.compute_dtype == "float32" for layer in served.layers)
     x = np.random.rand(1, 8, 8, 1).astype("float32")
