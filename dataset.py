@@ -50,7 +50,9 @@ def luma_uint8(image):
     """The Y channel of a PIL image as uint8, whatever its mode."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
-        peak = float(values.max())
+        finite = np.isfinite(values)
+        peak = float(values[finite].max()) if finite.any() else 0.0
+        values = np.where(finite, values, 0.0) if not finite.all() else values  # NaN/Inf read as black
         scaled = values / peak * 255.0 if peak > 0 else np.zeros_like(values)
         return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "1"):
