@@ -15,10 +15,12 @@ import inference
 import modules
 
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L")
-# Input rows of chroma resized per band: bounds the colour conversion's memory.
-CHROMA_BAND_ROWS = 256
-# Extra input rows on each side of a band: more than bicubic's support (2), so bands join seamlessly.
-CHROMA_BAND_MARGIN = 4
+# Colour images are super-resolved in bands of this many input rows: bounds the memory of the colour
+# conversion to one band beside the output image.
+BAND_ROWS = 256
+# Input rows of context on each side of a band, more than the network's receptive radius (5) and
+# bicubic's support (2), so the bands join seamlessly.
+BAND_MARGIN = 8
 
 
 def super_resolve(model, image, batch_size=constants.PREDICT_BATCH_SIZE):
@@ -45,7 +47,7 @@ def super_resolve(model, image, batch_size=constants.PREDICT_BATCH_SIZE):
         result = Image.fromarray(upscale_grey(model, np.asarray(image.getchannel("L")), np.uint8, batch_size,
                                               full_range=True))
         return (Image.merge("LA", (result, alpha)) if alpha is not None else result), ".png", warning
-    result = Image.fromarray(upscale_colour(model, image.convert("RGB"), batch_size), mode="RGB")
+    result = upscale_colour(model, image.convert("RGB"), batch_size)
     if alpha is not None:
         result.putalpha(alpha)
     return result, ".png", warning
@@ -97,21 +99,26 @@ def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=No
 
 
 def upscale_colour(model, image, batch_size):
-    """The upscaled uint8 RGB array of an RGB PIL image: Y by the model, chroma bicubic, band by band."""
+    """The upscaled RGB PIL image of an RGB PIL image: Y by the model, chroma bicubic, band by band.
+
+    Each band of input rows is super-resolved with BAND_MARGIN rows of real
+    context on either side (more than the network's receptive radius and
+    bicubic's support), and only its centre is kept, so the bands join into
+    exactly the whole-image result while memory holds one output image plus
+    one band.
+    """
     factor = modules.model_upscale_factor(model)
-    y, cb, cr = image.convert("YCbCr").split()
-    out = np.empty((image.height * factor, image.width * factor, 3), np.uint8)
-    inference.check_output_fits(out.nbytes * 2, "the output (with its colour conversion)")
-    out[..., 0] = upscale_grey(model, np.asarray(y), np.uint8, batch_size, full_range=True)
-    for top in range(0, image.height, CHROMA_BAND_ROWS):
-        bottom = min(image.height, top + CHROMA_BAND_ROWS)
-        start, stop = max(0, top - CHROMA_BAND_MARGIN), min(image.height, bottom + CHROMA_BAND_MARGIN)
-        rows = slice(top * factor, bottom * factor)
-        keep = slice((top - start) * factor, (bottom - start) * factor)
-        chroma = [np.asarray(band.crop((0, start, image.width, stop))
-                             .resize((image.width * factor, (stop - start) * factor), Image.BICUBIC))[keep]
-                  for band in (cb, cr)]
-        luma = Image.fromarray(out[rows, :, 0])
-        ycbcr = Image.merge("YCbCr", (luma, Image.fromarray(chroma[0]), Image.fromarray(chroma[1])))
-        out[rows] = np.asarray(ycbcr.convert("RGB"))
-    return out
+    ycbcr = image.convert("YCbCr")
+    result = Image.new("RGB", (image.width * factor, image.height * factor))
+    inference.check_output_fits(image.width * image.height * factor ** 2 * 4, "the output")
+    for top in range(0, image.height, BAND_ROWS):
+        bottom = min(image.height, top + BAND_ROWS)
+        start, stop = max(0, top - BAND_MARGIN), min(image.height, bottom + BAND_MARGIN)
+        band = ycbcr.crop((0, start, image.width, stop))
+        size = (band.width * factor, band.height * factor)
+        keep = (0, (top - start) * factor, size[0], (bottom - start) * factor)
+        y, cb, cr = band.split()
+        out_y = Image.fromarray(upscale_grey(model, np.asarray(y), np.uint8, batch_size, full_range=True))
+        channels = (out_y, cb.resize(size, Image.BICUBIC), cr.resize(size, Image.BICUBIC))
+        result.paste(Image.merge("YCbCr", channels).crop(keep).convert("RGB"), (0, top * factor))
+    return result

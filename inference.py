@@ -3,14 +3,21 @@
 Every prediction predict.py makes (images, volumes, --compare, the test split)
 goes through `upscale_planes`, and benchmark.py times that same function.
 
-Edges: the network pads each convolution with zeros, so a slice fed as it is
-comes out darker along its border (a flat 1x1 image of 77 came out at 27-51).
-Each plane is therefore first extended by the network's receptive radius with
-copies of its edge pixels ("edge" padding), and the matching border of the
-output is cropped away: a flat image stays flat.
+Edges: the network pads each convolution with zeros, so a small image fed as
+it is comes out darker along its border (a flat 1x1 image of 77 came out at
+27-51).  Each plane is therefore first extended by the network's receptive
+radius with its own mirror image, edge pixels repeated (numpy's "symmetric"),
+and the matching border of the output is cropped away: a flat image stays
+flat (77 -> 76.7-77.3 before rounding).  Measured with the shipped model: the
+held-out split's mean PSNR is unchanged (33.5653 dB with zero, "edge" or
+"symmetric" padding, its slices have black borders); on 128x128 centre crops
+of those slices, where tissue touches the border, zero padding gives 29.38 dB,
+"symmetric" 29.17, "edge" 28.58 and "reflect" 27.49: the model has learnt the
+zero-padded borders of its training crops, and "symmetric" is the padding
+closest to that which keeps flat images flat.
 
 Size: a plane larger than TILE_SIZE is cut into overlapping tiles; each tile
-carries a margin of the receptive radius from its neighbours (or the edge
+carries a margin of the receptive radius from its neighbours (or the mirror
 padding at the plane's border), and only its centre is kept, so the result is
 the same as feeding the whole plane at once, with memory bounded by one batch
 of tiles.  Outputs are handed block by block to a `write` callback, so the
@@ -99,7 +106,7 @@ def upscale_planes(model, planes, write, batch_size=constants.PREDICT_BATCH_SIZE
         plane = np.asarray(planes[index], np.float32)
         height, width = plane.shape
         side_y, side_x = min(tile, height), min(tile, width)
-        padded = np.pad(plane, margin, mode="edge")
+        padded = np.pad(plane, margin, mode="symmetric")
         corners = [(top, left) for top in tile_grid(height, tile) for left in tile_grid(width, tile)]
         for number, (top, left) in enumerate(corners):
             rows, cols = min(side_y, height - top), min(side_x, width - left)

@@ -142,13 +142,15 @@ def super_resolve_nifti(model, path, args, guard):
     """Writes <stem>_x<f>.nii.gz (in-plane across --axis); returns (output path, warning or None)."""
     factor = modules.model_upscale_factor(model)
     out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_x{factor}.nii.gz"))
-    image, data = volumes.load_volume(path)
+    notes = []
+    image, data = volumes.load_volume(path, notes)
     frames = data.shape[3] if data.ndim == 4 else 1
     with tqdm(total=data.shape[args.axis] * frames, desc=os.path.basename(path), unit="slice",
-              leave=False) as progress:
+              leave=False, disable=None) as progress:  # no bar when stderr is not a terminal
         out, n_nan, n_inf = volumes.super_resolve_in_plane(model, image, data, args.axis, args.batch_size, progress)
     volumes.save_resampled(image, out, volumes.in_plane_factors(args.axis, factor), out_path)
-    return out_path, inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
+    notes.append(inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f"))
+    return out_path, "; ".join(note for note in notes if note) or None
 
 
 def compare(model, path, args, guard):
@@ -177,7 +179,7 @@ def run_on_inputs(model, args):
         raise ValueError(f"--input {' '.join(args.input)}: no supported files found")
     failures = 0
     guard = OutputGuard(path for path in files if os.path.exists(path))
-    for path in tqdm(files, desc="super-resolving", unit="file", disable=len(files) < 2):
+    for path in tqdm(files, desc="super-resolving", unit="file", disable=True if len(files) < 2 else None):
         try:
             out_path, note, warning = process_input(model, path, args, guard)
             if warning:

@@ -7,6 +7,8 @@ units and qform/sform codes.  Resampled grids keep the world extent exactly:
 along an axis made f times finer, output voxel i is centred at input voxel
 coordinate (i + 0.5) / f - 0.5.
 """
+import contextlib
+import logging
 import os
 import warnings
 
@@ -36,18 +38,20 @@ def nifti_stem(path):
 
 # --- Reading -------------------------------------------------------------------
 
-def load_volume(path):
+def load_volume(path, notes=None):
     """(nibabel image, float32 data in real units) of a 3D or 4D NIfTI file; ValueError on a bad one.
 
     Checked before any voxel is read: a dimension of size 0, RGB or complex
     voxels (refused: this tool super-resolves one real channel), voxel sizes
-    that are zero, negative or not finite, and a volume too large for memory.
-    Library warnings are kept out of the user's terminal; what matters is said
-    in the one line of the ValueError.
+    that are not finite, and a volume too large for memory.  Library warnings
+    are kept out of the user's terminal; what matters is said in the one line
+    of the ValueError, or, for a header nibabel repairs on reading (zero or
+    negative voxel sizes become 1 or their absolute value), appended to the
+    list `notes` for the caller's one warning line.
     """
     if os.path.getsize(path) == 0:
         raise ValueError("empty file")
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
+    with warnings.catch_warnings(), np.errstate(all="ignore"), nibabel_log(notes):
         warnings.simplefilter("ignore")
         try:
             image = nib.load(path)
@@ -60,6 +64,21 @@ def load_volume(path):
             raise ValueError(f"its voxel data cannot be read; the file may be truncated ({first_line(error)})") \
                 from None
     return image, data
+
+
+@contextlib.contextmanager
+def nibabel_log(notes):
+    """Collects what nibabel logs (header repairs) into `notes` instead of printing it."""
+    logger = logging.getLogger("nibabel.global")
+    collector = logging.Handler()
+    collector.emit = lambda record: notes.append(f"header repaired on reading: {record.getMessage()}") \
+        if notes is not None else None
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [collector], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved
 
 
 def first_line(error):
