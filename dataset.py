@@ -17,6 +17,7 @@ import random
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,11 +63,18 @@ def luma_uint8(image):
 
 
 def open_image(path):
-    """The fully decoded PIL image in `path`; ValueError with the reason if unusable."""
+    """The fully decoded PIL image in `path`; ValueError with the reason if unusable.
+
+    PIL's decompression-bomb limit stands (twice MAX_IMAGE_PIXELS is refused);
+    its warning for images between the two limits is silenced, since the
+    callers check that what they make of the image fits in memory.
+    """
     try:
         if os.path.getsize(path) == 0:
             raise ValueError("empty file")
-        image = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
     except UnidentifiedImageError:
         raise ValueError("not an image file that PIL can identify") from None
     except (OSError, Image.DecompressionBombError) as error:

@@ -223,3 +223,16 @@ def test_colour_bands_join_into_the_whole_image_result(monkeypatch):
     monkeypatch.setattr(image_files, "BAND_ROWS", 7)
     banded = np.asarray(image_files.upscale_colour(model, image, 16)).astype(int)
     assert np.abs(banded - whole).max() <= 1  # rounding of float32 sums at most
+
+
+def test_an_output_too_large_for_memory_is_refused_up_front(tmp_path, model_path, monkeypatch, capsys):
+    import predict
+
+    monkeypatch.setattr(inference, "available_memory_bytes", lambda: 10_000)  # as if 10 kB were free
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "x.png")
+    save_volume(tmp_path / "v.nii", np.zeros((8, 8, 4), np.int16))
+    assert predict.main(["--model", model_path, "--output-dir", str(tmp_path / "out"), "--input",
+                         str(tmp_path / "x.png"), str(tmp_path / "v.nii")]) == 1
+    assert not (tmp_path / "out" / "x_x4.png").exists() and not (tmp_path / "out" / "v_x4.nii.gz").exists()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("would take" in line and "GiB" in line for line in errors), errors
