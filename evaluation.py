@@ -4,8 +4,10 @@ import os
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
+import constants
 import dataset
 import inference
 import modules
@@ -92,13 +94,27 @@ def comparison_rows(model, target, factor):
 
 
 def save_comparison_figure(rows, path, row_labels=None):
-    """The seed's figure: one row per image, original / bicubic / model, with PSNR and SSIM."""
+    """The seed's figure: one row per image, original / bicubic / model, with PSNR and SSIM.
+
+    Whole slices hide the difference between bicubic and the model, so each
+    row also shows one region (the most detailed of the original) enlarged in
+    an inset in the panel's corner farthest from it, and marked on the whole slice.
+    """
     fig = Figure(figsize=(9, 3.1 * len(rows)))
     axes = fig.subplots(len(rows), 3, squeeze=False)
     for r, row in enumerate(rows):
+        top, left, side = detailed_region(row[0][1][..., 0])
         for c, (name, image, score) in enumerate(row):
             ax = axes[r][c]
             ax.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+            ax.add_patch(Rectangle((left - 0.5, top - 0.5), side, side, fill=False, edgecolor="yellow", lw=1))
+            inset = ax.inset_axes(inset_corner(top, left, side, image.shape))
+            inset.imshow(image[top:top + side, left:left + side, 0], cmap="gray", vmin=0.0, vmax=1.0,
+                         interpolation="nearest")
+            inset.set_xticks([])
+            inset.set_yticks([])
+            for spine in inset.spines.values():
+                spine.set_edgecolor("yellow")
             title = name if score is None else f"{name}\nPSNR {score[0]:.2f} dB  SSIM {score[1]:.3f}"
             if c == 0 and row_labels:
                 title = f"{row_labels[r]}\n{title}"
@@ -106,6 +122,24 @@ def save_comparison_figure(rows, path, row_labels=None):
             ax.axis("off")
     fig.tight_layout()
     write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
+
+
+def inset_corner(top, left, side, shape):
+    """Inset bounds (axes fraction) in the corner diagonally opposite the region's centre."""
+    size = 0.42
+    x = 0.0 if left + side / 2 > shape[1] / 2 else 1.0 - size
+    y = 1.0 - size if top + side / 2 > shape[0] / 2 else 0.0  # axes y grows upwards, image rows downwards
+    return [x, y, size, size]
+
+
+def detailed_region(image, fraction=constants.INSET_FRACTION):
+    """(top, left, side) of the square, `fraction` of the image's shorter side, holding the most gradient energy."""
+    side = max(1, int(min(image.shape) * fraction))
+    gy, gx = np.gradient(image.astype(np.float64))
+    energy = np.pad(np.cumsum(np.cumsum(gx ** 2 + gy ** 2, 0), 1), ((1, 0), (1, 0)))
+    sums = energy[side:, side:] - energy[:-side, side:] - energy[side:, :-side] + energy[:-side, :-side]
+    top, left = np.unravel_index(np.argmax(sums), sums.shape)
+    return int(top), int(left), side
 
 
 # --- --compare on the user's high-resolution files ---------------------------------------
