@@ -434,16 +434,21 @@ def compare_on_volume(source, path, out_path, axis, factor, settings, progress=N
                **{f"{name.replace(' ', '_')}_{key}": value for name, output in outputs.items()
                   for key, value in scores(output, fine, axis).items()}}
     save_reformat_figure(thick, outputs, fine, axis, factor, results, out_path)
-    write_atomically(os.path.splitext(out_path)[0] + ".json",
-                     lambda tmp: open(tmp, "w").write(json.dumps(results, indent=2) + "\n"))
+    write_atomically(os.path.splitext(out_path)[0] + ".json", lambda tmp: write_json(results, tmp))
     return results
+
+
+def write_json(values, path):
+    with open(path, "w") as out:
+        json.dump(values, out, indent=2)
 
 
 def save_reformat_figure(thick, outputs, fine, axis, factor, results, path):
     """One plane across the slices (the middle one across the first other axis), side by side."""
     other = min(k for k in range(3) if k != axis)
     index = fine.shape[other] // 2
-    panels = [(f"thick input (x{factor}, nearest)", np.repeat(np.take(thick, index, other), factor, axis - 1))]
+    plane_axis = axis - 1 if other < axis else axis  # the slice axis inside the plane
+    panels = [(f"thick input (x{factor}, nearest)", np.repeat(np.take(thick, index, other), factor, plane_axis))]
     for name, output in outputs.items():
         key = name.replace(" ", "_")
         panels.append((f"{name}\nPSNR {results[key + '_psnr']:.2f} dB  SSIM {results[key + '_ssim']:.3f}",
