@@ -197,7 +197,8 @@ def refine_through_plane(source, path, args, guard):
     if not volumes.is_nifti(path):
         raise ValueError("a 2D image: --through-plane refines NIfTI volumes (.nii, .nii.gz) between their slices")
     settings = through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile)
-    bar = tqdm(total=int(settings.seconds), desc=os.path.basename(path), unit="s", leave=False)
+    bar = tqdm(total=int(settings.seconds), desc=os.path.basename(path), leave=False,
+               bar_format="{desc}: {bar} {n}/{total} s of its time")
     with bar as progress:
         if args.compare:
             out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_through_compare.png"))
