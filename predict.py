@@ -207,7 +207,7 @@ def refine_through_plane(source, path, args, guard):
             return out_path, (f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic spline "
                               f"PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}"), None
         image, data = volumes.load_volume(path)
-        through_plane.check_volume_shape(data.shape, args.axis)
+        through_plane.check_volume_shape(data.shape)
         axis, factor = through_plane.slice_axis_and_factor(image.header.get_zooms(), args.axis,
                                                            args.through_plane_factor)
         out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_through_x{factor}.nii.gz"))

@@ -62,7 +62,7 @@ def slice_axis_and_factor(zooms, axis=None, factor=None):
     return axis, int(factor)
 
 
-def check_volume_shape(shape, axis):
+def check_volume_shape(shape):
     """ValueError for a volume with a single voxel along any spatial axis: a 2D image, nothing between slices."""
     if min(shape[:3]) < 2:
         raise ValueError(f"a 2D image (shape {tuple(shape)}): through-plane super-resolution needs a 3D volume "
@@ -128,10 +128,14 @@ def cubic_spline(volume, axis, factor):
 
     scipy's grid_mode maps voxel edges onto voxel edges, so output voxel i is
     centred at input coordinate (i + 0.5) / factor - 0.5, the grid the model
-    writes; beyond the end voxels the volume is mirrored.
+    writes; beyond the end voxels the volume is mirrored.  Interpolation is
+    linear in the data, so it is applied as the matrix whose columns are the
+    interpolated unit impulses: along the slice axis only, in float64.
     """
-    zoom = [factor if k == axis else 1 for k in range(volume.ndim)]
-    return ndimage.zoom(volume.astype(np.float32), zoom, order=3, mode="reflect", grid_mode=True)
+    n = volume.shape[axis]
+    impulses = np.eye(n)
+    columns = [ndimage.zoom(impulses[j], factor, order=3, mode="reflect", grid_mode=True) for j in range(n)]
+    return along_axis(np.stack(columns, axis=1), volume.astype(np.float64), axis)
 
 
 # --- Models ----------------------------------------------------------------------------
@@ -167,7 +171,7 @@ class ModelSource:
                 self.cache[factor] = (load_model_1d(self.model_path, factor), f"--model {self.model_path}")
             elif os.path.isfile(pretrained_path(factor)):
                 self.cache[factor] = (load_model_1d(pretrained_path(factor), factor),
-                                      f"pretrained {os.path.relpath(pretrained_path(factor))}")
+                                      f"pretrained {constants.PRETRAINED_THROUGH_PLANE.format(factor=factor)}")
             else:
                 self.cache[factor] = (None, "no pretrained model for this factor")
         return self.cache[factor]
@@ -420,7 +424,7 @@ def compare_on_volume(source, path, out_path, axis, factor, settings, progress=N
     the scores.
     """
     image, data = volumes.load_volume(path)
-    check_volume_shape(data.shape, 0)
+    check_volume_shape(data.shape)
     volume = inference.finite_copy(data if data.ndim == 3 else data[..., 0])[0]
     zooms = image.header.get_zooms()[:3]
     axis = slice_axis_and_factor(zooms, axis, 1)[0]
