@@ -188,7 +188,12 @@ def built_under(policy, build):
 
 
 def training_precision():
-    """mixed_bfloat16 on CPUs with native bfloat16 math (about 2x faster training here), else float32."""
+    """mixed_bfloat16 for adaptation on CPUs with native bfloat16 math, else float32.
+
+    A step on 16 crops of 64x64 took 26 ms against 29-50 ms in float32 on the
+    2-core AMD EPYC with AVX-512 BF16 (shared with other jobs, hence the
+    spread).  Inference stays float32: it is a small share of the time.
+    """
     return "mixed_bfloat16" if modules.cpu_has_bf16() and not tf.config.list_physical_devices("GPU") else "float32"
 
 

@@ -11,6 +11,7 @@ import dataset
 import modules
 import predict
 import through_plane
+from conftest import run_script
 
 FACTOR = 4
 
@@ -190,3 +191,12 @@ def test_slice_axis_and_factor_from_voxel_sizes():
     assert through_plane.slice_axis_and_factor([1.0, 1.0, 1.0], factor=4) == (2, 4)
     with pytest.raises(ValueError, match="nearly isotropic"):
         through_plane.slice_axis_and_factor([1.0, 1.0, 1.3])
+
+
+def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):
+    out = tmp_path / "out"
+    result = run_script("train.py", "--data-dir", tiny_tree, "--output-dir", str(out), "--through-plane-factor", "3",
+                        "--epochs", "1", "--batch-size", "2", "--patch-size", "32", "--precision", "float32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = through_plane.load_model_1d(str(out / "espcn.keras"), 3)
+    assert model(np.zeros((1, 4, 9, 1), np.float32)).shape == (1, 12, 9, 1)
