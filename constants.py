@@ -97,3 +97,30 @@ TILE_SIZE = 128
 # An output is refused up front when this many times its size exceeds the free
 # memory: room for the output array plus what the image/NIfTI writers copy.
 OUTPUT_MEMORY_FACTOR = 2.0
+
+# --- Through-plane super-resolution (predict.py --through-plane) ------------
+# Committed 1-D models, one per factor, trained by
+# `python train.py --through-plane-factor F` (README); {factor} is filled in.
+PRETRAINED_THROUGH_PLANE = "pretrained/espcn_through_x{factor}.keras"
+# The factor a --compare --through-plane run makes thick slices with, when
+# --through-plane-factor is not given (4 mm slices from a 1 mm volume).
+THROUGH_PLANE_COMPARE_FACTOR = 4
+# Seconds one volume may take (adaptation, inference, writing): the issue asks
+# for at most 3 minutes a volume on 2 cores; adaptation gets what is left
+# after the measured cost of inference, so a slower machine trains less.
+THROUGH_PLANE_SECONDS = 170.0
+# Per-volume adaptation (SMORE's idea): fine-tune the pretrained model on the
+# volume's own fine in-plane planes, made thick along one in-plane direction.
+# Crops are about ADAPT_PATCH fine pixels a side (cut to a multiple of the
+# factor), centred on tissue; a fine-tuning rate well below training's 1e-3
+# keeps what the pretrained start knows, decayed by a cosine over the budget.
+ADAPT_PATCH = 64
+ADAPT_BATCH_SIZE = 16
+ADAPT_LEARNING_RATE = 2e-4
+ADAPT_SCRATCH_LEARNING_RATE = 1e-3  # factors without a pretrained model train from scratch
+# Slice profile of the thick slices: "box" (mean of the fine slices it covers,
+# no gap) or "gaussian" (FWHM = the slice thickness).
+SLICE_PROFILE = "box"
+# Flips averaged at inference (self-ensemble): 1 = none, 2 = also the fine
+# axis reversed, 4 = also the slice axis reversed; each costs one more pass.
+THROUGH_PLANE_FLIPS = 4

@@ -185,6 +185,17 @@ def make_pair(target, factor=constants.UPSCALE_FACTOR):
     return downsample(target, factor), target
 
 
+def make_thick_pair(target, factor):
+    """(thick, fine) for through-plane training: each `factor` consecutive rows of (N, H, W, C) averaged.
+
+    A thick slice with no gap is the mean of the fine slices it covers; the
+    rows are first cut to a multiple of `factor`, so the fine target is cut too.
+    """
+    rows = tf.shape(target)[-3] // factor * factor
+    target = target[:, :rows]
+    return tf.nn.avg_pool2d(target, ksize=(factor, 1), strides=(factor, 1), padding="VALID"), target
+
+
 def to_unit_float(images):
     """uint8 (..., H, W) -> float32 (..., H, W, 1) in [0, 1]."""
     return tf.cast(images, tf.float32)[..., None] / 255.0
@@ -283,8 +294,11 @@ def without_autotune(data, parallel=constants.PIPELINE_PARALLEL_BATCHES):
 def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, patch=constants.PATCH_SIZE,
                           patches_per_image=constants.PATCHES_PER_IMAGE, augment=constants.AUGMENT,
                           seed=constants.SEED, epochs=1, first_epoch=0,
-                          parallel=constants.PIPELINE_PARALLEL_BATCHES):
+                          parallel=constants.PIPELINE_PARALLEL_BATCHES, thick_slices=False):
     """Shuffled, augmented (input, target) batches from uint8 slices, `epochs` epochs in a row.
+
+    With thick_slices, inputs are made by make_thick_pair (rows only) for the
+    through-plane model instead of area downsampling in both directions.
 
     An epoch is len(images) x patches_per_image crops (1 per slice with whole
     slices) in full batches, the remainder dropped; epoch e is shuffled and
@@ -315,17 +329,18 @@ def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, p
         targets = to_unit_float(slices)
         if augment:
             targets = augment_target(targets, seeds[1])
-        low_res, targets = make_pair(targets, factor)
+        low_res, targets = (make_thick_pair if thick_slices else make_pair)(targets, factor)
         return (quantize_input(low_res) if augment else low_res), targets
 
     data = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(batches_of_epoch)
     return without_autotune(data.map(batch_of_pairs, num_parallel_calls=parallel).prefetch(parallel), parallel)
 
 
-def make_eval_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR):
-    """(input, target) batches of whole slices, in file order, no randomness."""
+def make_eval_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, thick_slices=False):
+    """(input, target) batches of whole slices, in file order, no randomness (thick_slices: as above)."""
+    pair = make_thick_pair if thick_slices else make_pair
     data = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-    data = data.map(lambda batch: make_pair(to_unit_float(batch), factor))
+    data = data.map(lambda batch: pair(to_unit_float(batch), factor))
     return without_autotune(data.prefetch(constants.PIPELINE_PARALLEL_BATCHES))
 
 

@@ -37,6 +37,13 @@ from tensorflow_env import keras, tf
 
 def load_model(path):
     """Loads a one-channel .keras ESPCN with safe_mode on; ValueError naming the file if it cannot."""
+    model = read_model_file(path)
+    check_is_espcn(model, path)
+    return modules.as_float32(model)
+
+
+def read_model_file(path):
+    """Any .keras model, loaded with safe_mode on; ValueError naming the file if it cannot."""
     if not os.path.isfile(path):
         raise ValueError(f"--model {path}: no such file")
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
@@ -46,8 +53,7 @@ def load_model(path):
     except Exception as error:  # corrupt archives fail in many ways inside Keras
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"--model {path}: cannot be loaded ({reason[:200]})") from None
-    check_is_espcn(model, path)
-    return modules.as_float32(model)
+    return model
 
 
 def check_is_espcn(model, path):

@@ -37,6 +37,35 @@ class DepthToSpace(keras.layers.Layer):
         return {**super().get_config(), "upscale_factor": self.upscale_factor}
 
 
+@keras.saving.register_keras_serializable(package="espcn")
+class DepthToSpace1D(keras.layers.Layer):
+    """Sub-pixel shuffle along rows only: (H, W, r*C) -> (r*H, W, C).
+
+    Channel j of input row h becomes output row r*h + j: the through-plane
+    model's r output channels are the r fine slices inside one thick slice.
+    """
+
+    def __init__(self, upscale_factor, **kwargs):
+        super().__init__(**kwargs)
+        self.upscale_factor = int(upscale_factor)
+
+    def call(self, inputs):
+        shape = tf.shape(inputs)
+        r = self.upscale_factor
+        channels = inputs.shape[-1] // r
+        split = tf.reshape(inputs, [shape[0], shape[1], shape[2], r, channels])
+        rows_first = tf.transpose(split, [0, 1, 3, 2, 4])  # (N, H, r, W, C)
+        return tf.reshape(rows_first, [shape[0], shape[1] * r, shape[2], channels])
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        r = self.upscale_factor
+        return batch, None if height is None else height * r, width, channels // r
+
+    def get_config(self):
+        return {**super().get_config(), "upscale_factor": self.upscale_factor}
+
+
 def get_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=constants.FILTERS):
     """The seed's ESPCN for `upscale_factor` (x2 .. x8), any input size."""
     if not 2 <= int(upscale_factor) <= 8:
@@ -52,6 +81,34 @@ def get_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=const
                             dtype="float32", name="conv4_linear")(x)
     outputs = DepthToSpace(upscale_factor, dtype="float32", name="depth_to_space")(x)
     return keras.Model(inputs, outputs, name=f"espcn_x{upscale_factor}")
+
+
+def get_model_1d(upscale_factor, channels=1, filters=constants.FILTERS):
+    """The seed's ESPCN upsampling rows only (through-plane): (H, W) -> (upscale_factor * H, W).
+
+    The same three feature convolutions as get_model; the last convolution
+    makes upscale_factor channels, one per fine slice inside a thick one, and
+    DepthToSpace1D puts them in order along the rows.
+    """
+    if not 2 <= int(upscale_factor) <= 8:
+        raise ValueError(f"upscale factor must be an integer from 2 to 8, got {upscale_factor}")
+    conv_args = {"activation": "relu", "kernel_initializer": "orthogonal", "padding": "same"}
+    inputs = keras.Input(shape=(None, None, channels), name="thick")
+    x = keras.layers.Conv2D(filters[0], 5, name="conv1", **conv_args)(inputs)
+    x = keras.layers.Conv2D(filters[1], 3, name="conv2", **conv_args)(x)
+    x = keras.layers.Conv2D(filters[2], 3, name="conv3", **conv_args)(x)
+    x = keras.layers.Conv2D(channels * upscale_factor, 3, padding="same", kernel_initializer="orthogonal",
+                            dtype="float32", name="conv4_linear")(x)  # float32 output: see get_model
+    outputs = DepthToSpace1D(upscale_factor, dtype="float32", name="depth_to_space_1d")(x)
+    return keras.Model(inputs, outputs, name=f"espcn_1d_x{upscale_factor}")
+
+
+def through_plane_factor(model):
+    """The factor a through-plane (1-D) ESPCN was built for, or None for any other model."""
+    for layer in model.layers:
+        if isinstance(layer, DepthToSpace1D):
+            return layer.upscale_factor
+    return None
 
 
 def model_upscale_factor(model):
@@ -99,7 +156,9 @@ def as_float32(model):
     saved_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        rebuilt = get_model(model_upscale_factor(model), model.input_shape[-1], filters)
+        one_d = through_plane_factor(model)
+        rebuilt = get_model_1d(one_d, model.input_shape[-1], filters) if one_d else \
+            get_model(model_upscale_factor(model), model.input_shape[-1], filters)
     finally:
         keras.mixed_precision.set_global_policy(saved_policy)
     rebuilt.set_weights(model.get_weights())

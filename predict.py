@@ -10,6 +10,10 @@ usage:
       <stem>_x4.nii.gz.  With --compare, each input is treated as a
       high-resolution original instead: downsampled x4, then bicubic vs model
       vs original in a figure <stem>_compare.png.
+  python predict.py --input VOLUME [...] --through-plane --output-dir DIR
+      Refines thick-slice NIfTI volumes between their slices (through_plane.py):
+      <stem>_through_x<F>.nii.gz; with --compare, thick slices are made from
+      each (fine) volume and the model is scored against cubic B-spline.
 
 Without --model, the freshly trained <output-dir>/espcn.keras is used if it
 exists, else the pretrained model shipped with the project.
@@ -27,6 +31,7 @@ import evaluation
 import image_files
 import inference
 import modules
+import through_plane
 import volumes
 from cli import OneLineErrorParser, check_output_dir, positive_int, target_size, write_atomically
 
@@ -45,18 +50,54 @@ def parse_args(argv=None):
                         help="slices per inference batch")
     parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="low-resolution images / NIfTI volumes / folders of them to super-resolve")
-    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
-                        help="NIfTI: slices are taken across this axis and upscaled in-plane")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
+                        help="NIfTI: the slice axis (in-plane: default 2; --through-plane: the largest voxel size)")
     parser.add_argument("--compare", action="store_true",
                         help="with --input: downsample each (high-resolution) input and compare bicubic vs model")
     parser.add_argument("--target-size", type=target_size, default=constants.TARGET_SIZE,
                         help="test slices are padded/cropped to this square size (pixels)")
     parser.add_argument("--figure-images", type=positive_int, default=constants.FIGURE_IMAGES,
                         help="test images in the comparison figure")
+    add_through_plane_flags(parser)
     args = parser.parse_args(argv)
+    if args.axis is None and not args.through_plane:
+        args.axis = 2
+    if args.through_plane and not args.input:
+        parser.error("argument --through-plane: needs --input (the NIfTI volumes to refine)")
     if args.compare and not args.input:
         parser.error("argument --compare: needs --input (the files to compare on)")
     return args
+
+
+def add_through_plane_flags(parser):
+    parser.add_argument("--through-plane", action="store_true",
+                        help="NIfTI: refine thick slices into fine ones (between the slices) instead of in-plane")
+    parser.add_argument("--through-plane-factor", type=through_plane_factor, default=None,
+                        help="slices made this many times finer (default: slice thickness / in-plane voxel size; "
+                             f"{constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
+    parser.add_argument("--through-plane-seconds", type=positive_float, default=constants.THROUGH_PLANE_SECONDS,
+                        help="time one volume may take; per-volume adaptation gets what inference leaves")
+    parser.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=True,
+                        help="fine-tune the pretrained through-plane model on each volume's own fine planes")
+    parser.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
+                        help="how a thick slice was made from fine ones: box (mean, no gap) or gaussian")
+
+
+def through_plane_factor(text):
+    value = positive_int(text)
+    if not 2 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"must be 2 to 8 (a factor of 1 leaves the volume as it is), got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
 
 
 # --- Model -------------------------------------------------------------------
@@ -153,6 +194,31 @@ def super_resolve_nifti(model, path, args, guard):
     return out_path, "; ".join(note for note in notes if note) or None
 
 
+def refine_through_plane(source, path, args, guard):
+    """--through-plane on one file: <stem>_through_x<F>.nii.gz, or with --compare the figure and scores."""
+    if not volumes.is_nifti(path):
+        raise ValueError("a 2D image: --through-plane refines NIfTI volumes (.nii, .nii.gz) between their slices")
+    settings = through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile)
+    bar = tqdm(total=int(settings.seconds), desc=os.path.basename(path), leave=False,
+               bar_format="{desc}: {bar} {n}/{total} s of its time")
+    with bar as progress:
+        if args.compare:
+            out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_through_compare.png"))
+            factor = args.through_plane_factor or constants.THROUGH_PLANE_COMPARE_FACTOR
+            r = through_plane.compare_on_volume(source, path, out_path, args.axis, factor, settings, progress)
+            return out_path, (f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic spline "
+                              f"PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}"), None
+        image, data = volumes.load_volume(path)
+        through_plane.check_volume_shape(data.shape)
+        axis, factor = through_plane.slice_axis_and_factor(image.header.get_zooms(), args.axis,
+                                                           args.through_plane_factor)
+        out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_through_x{factor}.nii.gz"))
+        out, note, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, axis, factor,
+                                                                            settings, progress)
+    volumes.save_resampled(image, out, [factor if k == axis else 1 for k in range(3)], out_path)
+    return out_path, note, inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
+
+
 def compare(model, path, args, guard):
     out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_compare.png"))
     return out_path, evaluation.compare_on_input(model, path, out_path, args.axis)
@@ -164,6 +230,8 @@ def process_input(model, path, args, guard):
     kind = kind_of(path)
     if kind is None:
         raise ValueError("unsupported kind of file (expected PNG, JPEG, BMP, TIFF, .nii or .nii.gz)")
+    if args.through_plane:
+        return refine_through_plane(model, path, args, guard)
     if args.compare:
         out_path, note = compare(model, path, args, guard)
         return out_path, note, None
@@ -209,6 +277,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         check_output_dir(args.output_dir)
+        if args.through_plane:  # its models depend on each volume's factor: through_plane.ModelSource
+            return run_on_inputs(through_plane.ModelSource(args.model), args)
         model_path, origin = resolve_model_path(args.model, args.output_dir)
         model = inference.load_model(model_path)
         print(f"model: {model_path} ({origin})")

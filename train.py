@@ -86,6 +86,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=constants.SEED, help="fixes the split, crops and augmentation")
     parser.add_argument("--upscale-factor", type=upscale_factor, default=constants.UPSCALE_FACTOR,
                         help="2 to 8; the pretrained model and reported results are x4")
+    parser.add_argument("--through-plane-factor", type=upscale_factor, default=None,
+                        help="train the through-plane (1-D) model: thick slices of this many fine rows -> fine rows")
     parser.add_argument("--patch-size", type=non_negative_int, default=constants.PATCH_SIZE,
                         help="high-resolution training crop; 0 = whole slices")
     parser.add_argument("--patches-per-image", type=positive_int, default=constants.PATCHES_PER_IMAGE,
@@ -102,7 +104,9 @@ def parse_args(argv=None):
     parser.add_argument("--strategy", choices=("auto", "one_device", "mirrored", "multi_worker"),
                         default=constants.STRATEGY, help="multi_worker reads the cluster from TF_CONFIG")
     args = parser.parse_args(argv)
-    if args.target_size % args.upscale_factor:
+    if args.through_plane_factor:  # rows are cut to a multiple of the factor, so any target size works
+        args.upscale_factor = args.through_plane_factor
+    elif args.target_size % args.upscale_factor:
         parser.error(f"argument --target-size: {args.target_size} is not divisible by --upscale-factor "
                      f"{args.upscale_factor}")
     return args
@@ -322,6 +326,13 @@ def train(args):
             shutil.rmtree(output_dir, ignore_errors=True)
 
 
+def build_model(args):
+    """The ESPCN to train: x upscale in both directions, or the 1-D through-plane one."""
+    if args.through_plane_factor:
+        return modules.get_model_1d(args.through_plane_factor)
+    return modules.get_model(args.upscale_factor)
+
+
 def train_into(args, strategy, policy, jit, output_dir):
 
 
@@ -329,7 +340,7 @@ def train_into(args, strategy, policy, jit, output_dir):
     replicas = strategy.num_replicas_in_sync
     patch, per_replica, global_batch, steps = plan_batches(args, len(train_set.images), replicas)
     with strategy.scope():
-        model = modules.get_model(args.upscale_factor)
+        model = build_model(args)
         optimizer = make_optimizer(args, steps, replicas, policy)
         optimizer.build(model.trainable_variables)
     state = TrainingState(model, optimizer)
@@ -342,7 +353,8 @@ def train_into(args, strategy, policy, jit, output_dir):
 
     train_step = modules.make_train_step(model, optimizer, strategy, jit)
     psnr_callback = modules.PSNRCallback(
-        dataset.make_eval_dataset(val_set.images, per_replica, args.upscale_factor).cache())
+        dataset.make_eval_dataset(val_set.images, per_replica, args.upscale_factor,
+                                  thick_slices=bool(args.through_plane_factor)).cache())
     callbacks = keras.callbacks.CallbackList([psnr_callback], add_progbar=True, model=model,
                                              verbose=1 if output_dir == args.output_dir else 0,
                                              epochs=args.epochs, steps=steps)
@@ -351,7 +363,7 @@ def train_into(args, strategy, policy, jit, output_dir):
     batches = iter(distribute(strategy, dataset.make_training_dataset(
         train_set.images, global_batch, args.upscale_factor, patch, args.patches_per_image, args.augment,
         seed=args.seed, epochs=max(0, args.epochs - first_epoch), first_epoch=first_epoch,
-        parallel=args.pipeline_batches)))
+        parallel=args.pipeline_batches, thick_slices=bool(args.through_plane_factor))))
     while int(state.epoch.numpy()) < args.epochs and int(state.wait.numpy()) < args.patience:
         epoch = int(state.epoch.numpy())
         row = run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optimizer)

@@ -1,0 +1,202 @@
+"""Through-plane super-resolution (predict.py --through-plane): grids, the method's pieces, bad inputs."""
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+import dataset
+import modules
+import predict
+import through_plane
+from conftest import run_script
+
+FACTOR = 4
+
+
+def oblique(zooms, shift=(10.0, -20.0, 5.0)):
+    """An affine rotated 20 degrees about x and 30 about z, with these voxel sizes."""
+    a, b = np.radians(20), np.radians(30)
+    rot_x = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rot_z = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    return nib.affines.from_matvec(rot_z @ rot_x @ np.diag(zooms), shift)
+
+
+def thick_affine(fine_affine, axis, factor):
+    """The affine of thick slices that each cover `factor` fine slices along `axis` (no gap)."""
+    step = np.eye(4)
+    step[axis, axis], step[axis, 3] = factor, (factor - 1) / 2.0
+    return fine_affine @ step
+
+
+@pytest.fixture(scope="module")
+def template_crop():
+    """A 56 x 48 x 48 piece of the embedded MNI152 template (1 mm), across the brain's middle."""
+    volume = dataset.template_volume()
+    return np.ascontiguousarray(volume[70:126, 90:138, 60:108]) * 1000.0
+
+
+def write_pair(folder, fine, axis, fine_affine, sform=None, name="thick", dtype=np.float32):
+    """Writes the thick volume (FACTOR slices averaged along `axis`) with qform = the fine affine's, and
+    sform = `sform` (another fine-grid affine) if given; returns its path."""
+    thick, _ = through_plane.make_thick(fine.astype(np.float32), axis, FACTOR)
+    image = nib.Nifti1Image(thick.astype(dtype), thick_affine(fine_affine, axis, FACTOR))
+    image.set_qform(thick_affine(fine_affine, axis, FACTOR), code=1)
+    image.set_sform(thick_affine(fine_affine if sform is None else sform, axis, FACTOR), code=2)
+    path = os.path.join(folder, f"{name}.nii.gz")
+    nib.save(image, path)
+    return path
+
+
+def psnr(estimate, truth):
+    span = truth.max() - truth.min()
+    return 10 * np.log10(span ** 2 / np.mean((estimate - truth) ** 2))
+
+
+@pytest.mark.parametrize("axis", [2, 0])
+def test_output_lies_on_the_fine_grid_and_beats_cubic_spline(tmp_path, template_crop, axis):
+    fine_affine = oblique([1.0, 1.0, 1.0])
+    sform = nib.affines.from_matvec(np.diag([-1.0, 1.0, 1.0]), [90.0, -126.0, -72.0])  # differs from the qform
+    path = write_pair(str(tmp_path), template_crop, axis, fine_affine, sform)
+    code = predict.main(["--input", path, "--through-plane", "--no-adapt", "--output-dir", str(tmp_path / "out")])
+    assert code == 0
+    result = nib.load(str(tmp_path / "out" / f"thick_through_x{FACTOR}.nii.gz"))
+    assert result.shape == template_crop.shape
+    assert np.allclose(result.get_qform(), fine_affine, atol=1e-4)
+    assert np.allclose(result.get_sform(), sform, atol=1e-4)
+    assert int(result.header["qform_code"]) == 1 and int(result.header["sform_code"]) == 2
+    assert np.allclose(result.header.get_zooms(), [1.0, 1.0, 1.0], atol=1e-5)
+    thick = nib.load(path).get_fdata()
+    spline = through_plane.cubic_spline(thick, axis, FACTOR)
+    model_psnr, spline_psnr = psnr(result.get_fdata(), template_crop), psnr(spline, template_crop)
+    assert model_psnr > spline_psnr + 1.0, (model_psnr, spline_psnr)
+
+
+def test_per_volume_adaptation_runs_and_keeps_the_data_type(tmp_path, template_crop):
+    path = write_pair(str(tmp_path), template_crop, 1, np.diag([1.0, 1.0, 1.0, 1.0]), dtype=np.int16)
+    code = predict.main(["--input", path, "--through-plane", "--through-plane-seconds", "12",
+                         "--output-dir", str(tmp_path)])
+    assert code == 0
+    result = nib.load(str(tmp_path / f"thick_through_x{FACTOR}.nii.gz"))
+    assert result.get_data_dtype() == np.int16 and result.shape == template_crop.shape
+
+
+def test_a_4d_series_is_refined_volume_by_volume(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.random((12, 10, 5, 2)).astype(np.float32)
+    data[..., 1] *= 2.0
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 4.0, 1.0])), str(tmp_path / "series.nii"))
+    code = predict.main(["--input", str(tmp_path / "series.nii"), "--through-plane", "--no-adapt",
+                         "--output-dir", str(tmp_path)])
+    assert code == 0
+    result = nib.load(str(tmp_path / "series_through_x4.nii.gz"))
+    assert result.shape == (12, 10, 20, 2)
+    out = result.get_fdata()
+    # each volume keeps its own thick slices (data consistency), so the second is about twice the first
+    assert np.allclose(out[..., 1].mean(), 2 * out[..., 0].mean(), rtol=0.05)
+
+
+def test_bad_inputs_get_one_line_each_and_the_rest_still_run(tmp_path, capsys):
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(1).random((10, 8, 4)).astype(np.float32),
+                             np.diag([1.0, 1.0, 4.0, 1.0])), str(good))
+    isotropic = tmp_path / "isotropic.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 8, 6), np.float32), np.diag([1.0, 1.0, 1.2, 1.0])), str(isotropic))
+    one_slice = tmp_path / "one_slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 8, 1), np.float32), np.diag([1.0, 1.0, 4.0, 1.0])), str(one_slice))
+    picture = tmp_path / "picture.png"
+    Image.new("L", (16, 16), 80).save(picture)
+    code = predict.main(["--input", str(isotropic), str(one_slice), str(picture), str(good), "--through-plane",
+                         "--no-adapt", "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["good_through_x4.nii.gz"]
+    for path, words in ((isotropic, "nearly isotropic"), (one_slice, "2D image"), (picture, "2D image")):
+        lines = [line for line in err.splitlines() if str(path) in line]
+        assert len(lines) == 1 and words in lines[0], (path, err)
+    assert "Traceback" not in err
+
+
+def test_an_explicit_factor_refines_a_nearly_isotropic_volume(tmp_path):
+    nib.save(nib.Nifti1Image(np.random.default_rng(2).random((10, 8, 6)).astype(np.float32),
+                             np.diag([1.0, 1.0, 1.2, 1.0])), str(tmp_path / "iso.nii.gz"))
+    code = predict.main(["--input", str(tmp_path / "iso.nii.gz"), "--through-plane", "--through-plane-factor", "2",
+                         "--no-adapt", "--output-dir", str(tmp_path)])
+    assert code == 0
+    result = nib.load(str(tmp_path / "iso_through_x2.nii.gz"))
+    assert result.shape == (10, 8, 12) and np.allclose(result.header.get_zooms(), [1.0, 1.0, 0.6])
+
+
+@pytest.mark.parametrize("flags", [["--through-plane-factor", "1"], ["--through-plane-factor", "9"],
+                                   ["--through-plane-seconds", "0"]])
+def test_bad_through_plane_flags_are_one_line(tmp_path, flags, capsys):
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--input", str(tmp_path / "x.nii.gz"), "--through-plane", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and flags[0] in err[0]
+
+
+def test_compare_writes_scores_and_a_figure(tmp_path, template_crop):
+    path = tmp_path / "fine.nii.gz"
+    nib.save(nib.Nifti1Image(template_crop.astype(np.float32), np.eye(4)), str(path))
+    code = predict.main(["--input", str(path), "--through-plane", "--compare", "--no-adapt",
+                         "--output-dir", str(tmp_path)])
+    assert code == 0
+    assert os.path.getsize(tmp_path / "fine_through_compare.png") > 0
+    with open(tmp_path / "fine_through_compare.json") as f:
+        scores = json.load(f)
+    assert scores["slice_axis"] == 2 and scores["factor"] == FACTOR
+    assert scores["model_psnr"] > scores["cubic_spline_psnr"]
+
+
+# --- The method's pieces ------------------------------------------------------------
+
+def test_depth_to_space_1d_model_saves_and_loads_with_safe_mode(tmp_path):
+    model = modules.get_model_1d(3, filters=(4, 4, 4))
+    x = np.random.default_rng(3).random((2, 5, 7, 1)).astype(np.float32)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = through_plane.load_model_1d(path, 3)
+    assert loaded(x).shape == (2, 15, 7, 1)
+    assert np.allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+def test_depth_to_space_1d_orders_channels_as_fine_rows():
+    x = np.arange(2 * 3 * 2, dtype=np.float32).reshape(1, 2, 3, 2)  # (N, H, W, r=2 channels)
+    out = modules.DepthToSpace1D(2)(x).numpy()[0, ..., 0]
+    assert np.array_equal(out[0::2], x[0, ..., 0]) and np.array_equal(out[1::2], x[0, ..., 1])
+
+
+@pytest.mark.parametrize("profile", ["box", "gaussian"])
+def test_consistency_gives_back_the_thick_slices_exactly(profile):
+    rng = np.random.default_rng(4)
+    thick = rng.random((6, 5, 7)).astype(np.float32)
+    guess = rng.random((6, 5, 21)).astype(np.float32)
+    consistent = through_plane.make_consistent(guess, thick, 2, 3, profile)
+    weights = through_plane.thick_slice_weights(7, 3, profile)
+    assert np.allclose(through_plane.along_axis(weights, consistent, 2), thick, atol=1e-5)
+
+
+def test_cubic_spline_passes_through_the_thick_slices_on_the_fine_grid():
+    """With F = 3, fine voxel 3j + 1 is centred at thick coordinate (3j + 1.5) / 3 - 0.5 = j exactly."""
+    thick = np.random.default_rng(5).random((3, 4, 6)).astype(np.float32)
+    fine = through_plane.cubic_spline(thick, 2, 3)
+    assert fine.shape == (3, 4, 18) and np.allclose(fine[..., 1::3], thick, atol=1e-4)
+
+
+def test_slice_axis_and_factor_from_voxel_sizes():
+    assert through_plane.slice_axis_and_factor([0.9, 5.0, 0.9]) == (1, 6)
+    assert through_plane.slice_axis_and_factor([1.0, 1.0, 1.0], factor=4) == (2, 4)
+    with pytest.raises(ValueError, match="nearly isotropic"):
+        through_plane.slice_axis_and_factor([1.0, 1.0, 1.3])
+
+
+def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):
+    out = tmp_path / "out"
+    result = run_script("train.py", "--data-dir", tiny_tree, "--output-dir", str(out), "--through-plane-factor", "3",
+                        "--epochs", "1", "--batch-size", "2", "--patch-size", "32", "--precision", "float32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = through_plane.load_model_1d(str(out / "espcn.keras"), 3)
+    assert model(np.zeros((1, 4, 9, 1), np.float32)).shape == (1, 12, 9, 1)
