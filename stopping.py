@@ -30,7 +30,7 @@ class StopRequest:
         shell) stays ignored, as in every Python program.
         """
         for signum in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(signum) is not signal.SIG_IGN:
+            if signal.getsignal(signum) not in (signal.SIG_IGN, self.record):
                 signal.signal(signum, self.record)
         return self
 

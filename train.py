@@ -21,16 +21,23 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-import numpy as np
-
-import backups
-import constants
-import dataset
-import modules
-from backups import TrainingState
-from cli import OneLineErrorParser, check_output_dir, positive_int, target_size, write_atomically
 from stopping import StopRequest, TrainingStopped
-from tensorflow_env import keras, tf
+
+# Stops are handled from a run's first moment, before the imports below, which
+# take seconds (TensorFlow): a SIGTERM or Ctrl-C during them is as clean as any other.
+STOP = StopRequest()
+if __name__ == "__main__":
+    STOP.install()
+
+import numpy as np  # noqa: E402
+
+import backups  # noqa: E402
+import constants  # noqa: E402
+import dataset  # noqa: E402
+import modules  # noqa: E402
+from backups import TrainingState  # noqa: E402
+from cli import OneLineErrorParser, check_output_dir, positive_int, target_size, write_atomically  # noqa: E402
+from tensorflow_env import keras, tf  # noqa: E402
 
 
 # --- Command line ------------------------------------------------------------
@@ -451,9 +458,9 @@ def train(args, stop=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    stop = StopRequest().install()
+    STOP.install()
     try:
-        train(args, stop)
+        train(args, STOP)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
