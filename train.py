@@ -159,11 +159,17 @@ def is_chief(strategy):
                                              and "chief" not in resolver.cluster_spec().as_dict())
 
 
-# Flags whose value may differ when a run is resumed, and why: --output-dir is
-# where the backup is; --patience only decides when to stop, never how an
-# epoch trains; --pipeline-batches is parallelism, which never changes the data
-# (tests/test_dataset.py); --strategy and --jit are compared through what they
-# resolve to (replicas, XLA on/off), --precision through the policy it picks.
+# Flags that are not in run_settings as spelled, and why.  A new flag goes
+# either into run_settings or here (tests/test_backups.py checks it).
+NOT_IN_SETTINGS = {
+    "--output-dir": "where the backup is",
+    "--patience": "it only decides when to stop, never how an epoch trains",
+    "--pipeline-batches": "parallelism, which never changes the data (tests/test_dataset.py)",
+    "--strategy": "compared as the number of replicas it gives",
+    "--restart": "it discards the backup",
+}
+
+
 def run_settings(args, policy, jit, replicas, split):
     """Everything that changes what a run trains, by flag name; a backup resumes only under equal settings."""
     extra = dataset.list_images(args.extra_train_dir) if args.extra_train_dir else []
@@ -178,7 +184,7 @@ def run_settings(args, policy, jit, replicas, split):
         "--patch-size": args.patch_size, "--patches-per-image": args.patches_per_image,
         "--augment": args.augment, "--batch-size": args.batch_size, "replicas": replicas,
         "--learning-rate": args.learning_rate, "--lr-schedule": args.lr_schedule, "--epochs": args.epochs,
-        "--precision": policy, "--jit": "on" if jit else "off",
+        "--precision": policy, "--jit": "on" if jit else "off",  # as resolved: auto is what it picks
     }
 
 

@@ -6,6 +6,7 @@ import pytest
 
 import backups
 import modules
+import train
 from tensorflow_env import keras
 
 SETTINGS = {"--seed": 1337, "--epochs": 5}
@@ -57,3 +58,11 @@ def test_differing_settings_name_each_one_with_both_values():
     assert backups.differing_settings(stored, dict(stored)) == []
     assert backups.differing_settings(stored, {**stored, "--seed": 7, "--augment": False}) == [
         "--augment (backup True, now False)", "--seed (backup 1337, now 7)"]
+
+
+def test_every_flag_of_train_py_is_a_stored_setting_or_said_not_to_be():
+    args = train.parse_args([])
+    flags = {"--" + name.replace("_", "-") for name in vars(args)}
+    stored = set(train.run_settings(args, "float32", False, 1, ([], [])))
+    assert flags - stored - set(train.NOT_IN_SETTINGS) == set(), "decide: a stored setting, or NOT_IN_SETTINGS"
+    assert not stored & set(train.NOT_IN_SETTINGS)
