@@ -17,6 +17,7 @@ import random
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +51,9 @@ def luma_uint8(image):
     """The Y channel of a PIL image as uint8, whatever its mode."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
-        peak = float(values.max())
+        finite = np.isfinite(values)
+        peak = float(values[finite].max()) if finite.any() else 0.0
+        values = np.where(finite, values, 0.0) if not finite.all() else values  # NaN/Inf read as black
         scaled = values / peak * 255.0 if peak > 0 else np.zeros_like(values)
         return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if image.mode in ("P", "PA", "RGBA", "LA", "CMYK", "1"):
@@ -60,11 +63,18 @@ def luma_uint8(image):
 
 
 def open_image(path):
-    """The fully decoded PIL image in `path`; ValueError with the reason if unusable."""
+    """The fully decoded PIL image in `path`; ValueError with the reason if unusable.
+
+    PIL's decompression-bomb limit stands (twice MAX_IMAGE_PIXELS is refused);
+    its warning for images between the two limits is silenced, since the
+    callers check that what they make of the image fits in memory.
+    """
     try:
         if os.path.getsize(path) == 0:
             raise ValueError("empty file")
-        image = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
     except UnidentifiedImageError:
         raise ValueError("not an image file that PIL can identify") from None
     except (OSError, Image.DecompressionBombError) as error:

@@ -198,3 +198,14 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, model_path, caps
     assert (folder / "b_x4.png").read_bytes() == before, "an input was overwritten"
     assert "a.jpg" in err and "b.png" in err
     assert (folder / "a_x4.png").exists() and (folder / "b_x4_x4.png").exists()
+
+
+def test_comparison_inset_is_the_most_detailed_region_and_avoids_it():
+    import evaluation
+
+    image = np.zeros((64, 64))
+    image[40:56, 4:20] = np.indices((16, 16)).sum(0) % 2  # a checkerboard at the bottom left
+    top, left, side = evaluation.detailed_region(image)
+    assert side == 16 and (top, left) == (40, 4)
+    x, y, width, height = evaluation.inset_corner(top, left, side, image.shape)
+    assert x > 0.5 and y > 0.5  # drawn at the top right, away from the region

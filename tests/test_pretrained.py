@@ -6,13 +6,13 @@ import numpy as np
 from PIL import Image
 
 import constants
-import predict
+import inference
 from conftest import ROOT, run_script
 
 
 def test_pretrained_model_is_shipped_and_loads_with_safe_mode():
     path = os.path.join(ROOT, constants.PRETRAINED_MODEL)
-    model = predict.load_model(path)
+    model = inference.load_model(path)
     assert model.count_params() < 100_000
     assert model(np.zeros((1, 8, 8, 1), np.float32)).shape == (1, 32, 32, 1)
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-import predict
+import inference
 from conftest import run_script, write_tree
 from tensorflow_env import keras
 
@@ -34,7 +34,7 @@ def test_fast_training_paths_train_and_save_a_float32_output_model(tmp_path, fla
     model = keras.models.load_model(str(out / "espcn.keras"), safe_mode=True, compile=False)
     assert model.get_layer("conv4_linear").dtype_policy.compute_dtype == "float32"
     assert model.output.dtype == "float32"
-    served = predict.load_model(str(out / "espcn.keras"))
+    served = inference.load_model(str(out / "espcn.keras"))
     assert all(layer.dtype_policy.compute_dtype == "float32" for layer in served.layers)
     x = np.random.rand(1, 8, 8, 1).astype("float32")
     assert np.allclose(served(x), model(x), atol=0.05)

@@ -1,0 +1,238 @@
+"""Malformed, hostile and odd inputs to predict.py: never an overwritten input, a poisoned output or a traceback."""
+import os
+import re
+import struct
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+import inference
+import modules
+from conftest import run_script
+from tensorflow_env import keras
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("model") / "espcn.keras")
+    modules.get_model(4).save(path)
+    return path
+
+
+def message_lines(stderr):
+    """stderr without tqdm's progress bars (redrawn with carriage returns)."""
+    pieces = (piece.strip() for line in stderr.splitlines() for piece in line.split("\r"))
+    return [piece for piece in pieces if piece and not re.search(r"\|\s*\d+/\d+ \[", piece)]
+
+
+def save_volume(path, data, affine=np.eye(4)):
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def patch_header(path, offset, fmt, edit):
+    """Rewrites the raw header field at `offset` of an uncompressed .nii (nibabel would refuse to write it)."""
+    raw = bytearray(path.read_bytes())
+    size = struct.calcsize(fmt)
+    values = list(struct.unpack(fmt, raw[offset:offset + size]))
+    edit(values)
+    raw[offset:offset + size] = struct.pack(fmt, *values)
+    path.write_bytes(bytes(raw))
+
+
+def make_bad_files(folder):
+    """{file: words its one error line must hold} for files that must each fail alone."""
+    rng = np.random.default_rng(7)
+    bad = {}
+    zero = save_volume(folder / "zero_dim.nii", rng.random((6, 5, 4)).astype(np.float32))
+    patch_header(zero, 40, "<8h", lambda dims: dims.__setitem__(2, 0))
+    bad[zero] = "size 0"
+    rgb = np.zeros((6, 5, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    bad[save_volume(folder / "rgb.nii", rgb)] = "RGB"
+    bad[save_volume(folder / "complex.nii", (rng.random((6, 5, 4)) + 1j).astype(np.complex64))] = "complex"
+    whole = save_volume(folder / "cut.nii", rng.random((20, 20, 20)).astype(np.float32))
+    whole.write_bytes(whole.read_bytes()[:20000])
+    bad[whole] = "truncated"
+    bad[save_volume(folder / "flat.nii", rng.random((6, 5)).astype(np.float32))] = "2D"
+    all_nan = save_volume(folder / "all_nan.nii", np.full((6, 5, 4), np.nan, np.float32))
+    bad[all_nan] = "no finite value"
+    loop = folder / "loop.png"
+    os.symlink(loop, loop)
+    bad[loop] = "link loop"
+    os.symlink(folder / "nowhere.png", folder / "dangling.png")
+    bad[folder / "dangling.png"] = "broken symbolic link"
+    return bad
+
+
+def test_one_call_over_a_corpus_of_bad_files_gives_one_plain_line_each(tmp_path, model_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad = make_bad_files(folder)
+    good = folder / "good.png"
+    Image.fromarray(np.full((6, 7), 90, np.uint8)).save(good)
+    result = run_script("predict.py", "--model", model_path, "--output-dir", str(tmp_path / "out"),
+                        "--input", *map(str, bad), str(good))
+    assert result.returncode == 1
+    lines = message_lines(result.stderr)
+    for path, words in bad.items():
+        mine = [line for line in lines if str(path) in line]
+        assert len(mine) == 1 and mine[0].startswith("error:") and words in mine[0], (path, mine, lines)
+    assert f"{len(bad)} of {len(bad) + 1} files failed" in lines[-1]
+    assert len(lines) == len(bad) + 1, lines  # nothing else: no library warnings
+    text = result.stderr
+    assert "Traceback" not in text and "\x1b[" not in text
+    for name in ("IndexError", "DTypePromotionError", "EOFError", "OSError", "ValueError", "Exception"):
+        assert name not in text
+    assert (tmp_path / "out" / "good_x4.png").exists()
+
+
+def test_a_planted_symlink_never_redirects_a_write_onto_the_input(tmp_path, model_path):
+    scan = tmp_path / "scan.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (9, 11), dtype=np.uint8)).save(scan)
+    before = scan.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".partial-scan_x4.png", ".partial-scan_x4.png.tmp", "scan_x4.png.partial"):
+        os.symlink(scan, out / name)
+    result = run_script("predict.py", "--model", model_path, "--output-dir", str(out), "--input", str(scan))
+    assert result.returncode == 0, result.stderr
+    assert scan.read_bytes() == before
+    with Image.open(out / "scan_x4.png") as written:
+        assert written.size == (44, 36)
+    # The output's own name planted as a link to the input: refused, input untouched.
+    (out / "scan_x4.png").unlink()
+    os.symlink(scan, out / "scan_x4.png")
+    result = run_script("predict.py", "--model", model_path, "--output-dir", str(out), "--input", str(scan))
+    assert result.returncode == 1 and "one of the inputs" in result.stderr
+    assert scan.read_bytes() == before
+
+
+def make_odd_files(folder):
+    """Files that are processed with one warning each (or none): {name: path}."""
+    rng = np.random.default_rng(1)
+    files = {"zooms": save_volume(folder / "zooms.nii", rng.random((6, 5, 4)).astype(np.float32))}
+    patch_header(files["zooms"], 76, "<8f", lambda pixdim: (pixdim.__setitem__(1, -1.0), pixdim.__setitem__(2, 0.0)))
+    data = rng.random((12, 10, 3)).astype(np.float32) * 100
+    data[2, 3, 1], data[8, 8, 0], data[5, 5, 2] = np.nan, np.inf, -np.inf
+    files["holes"] = save_volume(folder / "holes.nii.gz", data)
+    values = rng.random((10, 12)).astype(np.float32)
+    values[1, 1], values[5, 6] = np.nan, np.inf
+    Image.fromarray(values, mode="F").save(folder / "f.tif")
+    files["f"] = folder / "f.tif"
+    frames = [Image.fromarray(np.full((8, 8), 40 * (i + 1), np.uint8)) for i in range(3)]
+    frames[0].save(folder / "stack.tif", save_all=True, append_images=frames[1:])
+    files["stack"] = folder / "stack.tif"
+    Image.fromarray(np.full((6, 6), 100, np.uint8)).save(folder / "same.png")
+    files["same_png"] = folder / "same.png"
+    files["same_nii"] = save_volume(folder / "same.nii.gz", np.ones((6, 6, 2), np.float32))
+    return files
+
+
+@pytest.fixture(scope="module")
+def odd_run(tmp_path_factory, model_path):
+    """One predict.py call over every odd file: (files, output dir, one warning line per file)."""
+    folder = tmp_path_factory.mktemp("odd")
+    files = make_odd_files(folder)
+    result = run_script("predict.py", "--model", model_path, "--output-dir", str(folder / "out"),
+                        "--input", *map(str, files.values()))
+    assert result.returncode == 0, result.stderr
+    lines = message_lines(result.stderr)
+    assert all(line.startswith("warning:") for line in lines), lines
+    warnings = {name: [line for line in lines if line.startswith(f"warning: {path}:")]
+                for name, path in files.items()}
+    assert sum(len(found) for found in warnings.values()) == len(lines), "one line per file, nothing else"
+    return files, folder / "out", warnings
+
+
+def test_bad_voxel_sizes_are_one_warning_line(odd_run):
+    _, _, warnings = odd_run
+    assert len(warnings["zooms"]) == 1 and "pixdim" in warnings["zooms"][0]
+
+
+def test_non_finite_voxels_warn_and_stay_local(odd_run):
+    _, out_dir, warnings = odd_run
+    assert len(warnings["holes"]) == 1 and "1 NaN and 2 infinite" in warnings["holes"][0]
+    out = nib.load(str(out_dir / "holes_x4.nii.gz")).get_fdata()
+    expected_nan = np.zeros(out.shape, bool)
+    expected_nan[8:12, 12:16, 1] = True  # input voxel (2, 3) of slice 1, x4 in-plane
+    assert np.array_equal(np.isnan(out), expected_nan)
+    assert np.isfinite(out[~expected_nan]).all()
+
+
+def test_float_tiff_with_nan_and_inf(odd_run):
+    _, out_dir, warnings = odd_run
+    assert len(warnings["f"]) == 1 and "1 NaN and 1 infinite" in warnings["f"][0]
+    out = np.asarray(Image.open(out_dir / "f_x4.tif"))
+    assert np.isnan(out).sum() == 16 and np.isnan(out[4:8, 4:8]).all()
+    assert np.isfinite(out[~np.isnan(out)]).all()
+
+
+def test_multi_frame_tiff_names_the_frames_left_out(odd_run):
+    _, _, warnings = odd_run
+    assert len(warnings["stack"]) == 1 and "3 frames" in warnings["stack"][0] and "2 to 3" in warnings["stack"][0]
+
+
+def test_same_stem_of_different_kinds_gives_both_outputs(odd_run):
+    _, out_dir, warnings = odd_run
+    assert not warnings["same_png"] and not warnings["same_nii"]
+    assert (out_dir / "same_x4.png").exists() and (out_dir / "same_x4.nii.gz").exists()
+
+
+def test_a_three_channel_model_is_refused_in_one_plain_line(tmp_path):
+    path = str(tmp_path / "rgb.keras")
+    modules.get_model(4, channels=3).save(path)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    result = run_script("predict.py", "--model", path, "--output-dir", str(tmp_path), "--input",
+                        str(tmp_path / "x.png"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and path in lines[0] and "one-channel" in lines[0] and "\x1b[" not in lines[0]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (30, 20)])
+def test_a_flat_image_stays_flat(shape):
+    model = inference.load_model(os.path.join(os.path.dirname(__file__), "..", "pretrained", "espcn_x4.keras"))
+    out = inference.upscale_plane(model, np.full(shape, 77 / 255, np.float32)) * 255
+    assert out.shape == (shape[0] * 4, shape[1] * 4)
+    assert np.abs(out - 77).max() < 1.5
+
+
+def test_tiled_inference_equals_whole_plane_inference():
+    keras.utils.set_random_seed(5)
+    model = modules.get_model(4)
+    plane = np.random.default_rng(6).random((37, 53)).astype(np.float32)
+    whole = inference.upscale_stack(model, plane[None], tile=64)[0]  # one tile
+    for tile, batch in ((8, 3), (16, 16), (11, 1)):
+        tiled = inference.upscale_stack(model, plane[None], batch_size=batch, tile=tile)[0]
+        np.testing.assert_allclose(tiled, whole, atol=2e-6)
+
+
+def test_receptive_radius_of_the_seed_model():
+    assert inference.receptive_radius(modules.get_model(4)) == 5  # 5x5, then three 3x3 convolutions
+
+
+def test_colour_bands_join_into_the_whole_image_result(monkeypatch):
+    import image_files
+
+    keras.utils.set_random_seed(8)
+    model = modules.get_model(4)
+    image = Image.fromarray(np.random.default_rng(9).integers(0, 256, (45, 30, 3), dtype=np.uint8))
+    whole = np.asarray(image_files.upscale_colour(model, image, 16)).astype(int)
+    monkeypatch.setattr(image_files, "BAND_ROWS", 7)
+    banded = np.asarray(image_files.upscale_colour(model, image, 16)).astype(int)
+    assert np.abs(banded - whole).max() <= 1  # rounding of float32 sums at most
+
+
+def test_an_output_too_large_for_memory_is_refused_up_front(tmp_path, model_path, monkeypatch, capsys):
+    import predict
+
+    monkeypatch.setattr(inference, "available_memory_bytes", lambda: 10_000)  # as if 10 kB were free
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "x.png")
+    save_volume(tmp_path / "v.nii", np.zeros((8, 8, 4), np.int16))
+    assert predict.main(["--model", model_path, "--output-dir", str(tmp_path / "out"), "--input",
+                         str(tmp_path / "x.png"), str(tmp_path / "v.nii")]) == 1
+    assert not (tmp_path / "out" / "x_x4.png").exists() and not (tmp_path / "out" / "v_x4.nii.gz").exists()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("would take" in line and "GiB" in line for line in errors), errors

@@ -1,0 +1,246 @@
+"""NIfTI volumes: reading them safely, their grids, intensities, and super-resolving them.
+
+A volume is read once as float32 in its real units (scl_slope/scl_inter
+applied), scaled to [0, 1] by its robust range for the network, and the output
+is written in the input's own on-disk data type, with the same scaling, header,
+units and qform/sform codes.  Resampled grids keep the world extent exactly:
+along an axis made f times finer, output voxel i is centred at input voxel
+coordinate (i + 0.5) / f - 0.5.
+"""
+import contextlib
+import logging
+import os
+import warnings
+
+import nibabel as nib
+import numpy as np
+
+import constants
+import inference
+import modules
+from cli import write_atomically
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_nifti(path):
+    return path.lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path):
+    """The file name without .nii / .nii.gz."""
+    name = os.path.basename(path)
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+# --- Reading -------------------------------------------------------------------
+
+def load_volume(path, notes=None):
+    """(nibabel image, float32 data in real units) of a 3D or 4D NIfTI file; ValueError on a bad one.
+
+    Checked before any voxel is read: a dimension of size 0, RGB or complex
+    voxels (refused: this tool super-resolves one real channel), voxel sizes
+    that are not finite, and a volume too large for memory.  Library warnings
+    are kept out of the user's terminal; what matters is said in the one line
+    of the ValueError, or, for a header nibabel repairs on reading (zero or
+    negative voxel sizes become 1 or their absolute value), appended to the
+    list `notes` for the caller's one warning line.
+    """
+    if os.path.getsize(path) == 0:
+        raise ValueError("empty file")
+    with warnings.catch_warnings(), np.errstate(all="ignore"), nibabel_log(notes):
+        warnings.simplefilter("ignore")
+        try:
+            image = nib.load(path)
+        except Exception as error:  # nibabel, gzip and zlib each raise their own kinds
+            raise ValueError(f"not a readable NIfTI file ({first_line(error)})") from None
+        check_header(image)
+        try:
+            data = np.asarray(image.dataobj, dtype=np.float32)
+        except Exception as error:
+            raise ValueError(f"its voxel data cannot be read; the file may be truncated ({first_line(error)})") \
+                from None
+    return image, data
+
+
+@contextlib.contextmanager
+def nibabel_log(notes):
+    """Collects what nibabel logs (header repairs) into `notes` instead of printing it."""
+    logger = logging.getLogger("nibabel.global")
+    collector = logging.Handler()
+    collector.emit = lambda record: notes.append(f"header repaired on reading: {record.getMessage()}") \
+        if notes is not None else None
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [collector], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = saved
+
+
+def first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0][:160] if text else "no details"
+
+
+def check_header(image):
+    shape = image.shape
+    if len(shape) not in (3, 4):
+        raise ValueError(f"a {len(shape)}D volume of shape {shape}; only 3D volumes (or 4D series of them) "
+                         "are supported")
+    if 0 in shape:
+        raise ValueError(f"has a dimension of size 0 (shape {shape}): no voxels")
+    dtype = image.get_data_dtype()
+    if dtype.fields is not None:
+        raise ValueError("holds RGB colour voxels; this tool super-resolves one-channel (greyscale) volumes")
+    if dtype.kind == "c":
+        raise ValueError("holds complex voxels; super-resolve its magnitude (a real volume) instead")
+    zooms = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
+    if not (np.all(np.isfinite(zooms)) and np.all(zooms > 0)):
+        raise ValueError(f"invalid voxel sizes in its header ({', '.join(f'{z:g}' for z in zooms)}): "
+                         "each must be a positive number")
+    inference.check_output_fits(int(np.prod(shape)) * 4, "reading its voxels")
+
+
+def robust_range(data):
+    """(low, high) of the finite values: the 0.5 and 99.5 percentiles, or min and max if they coincide."""
+    finite = data[np.isfinite(data)]
+    low, high = np.percentile(finite, [0.5, 99.5])
+    if high <= low:
+        low, high = float(finite.min()), float(finite.max())
+    return float(low), float(high) if high > low else float(low) + 1.0
+
+
+# --- Grids -----------------------------------------------------------------------
+
+def resampled_affine(affine, factors):
+    """The affine of the grid `factors[k]` times finer along axis k, covering the same world extent."""
+    step = np.eye(4)
+    for k, factor in enumerate(factors):
+        step[k, k] = 1.0 / factor
+        step[k, 3] = 0.5 / factor - 0.5
+    return affine @ step
+
+
+def in_plane_factors(axis, factor):
+    """Per-axis factors that refine every axis but `axis` (the slice axis) by `factor`."""
+    return [1 if k == axis else factor for k in range(3)]
+
+
+# --- Writing ---------------------------------------------------------------------
+
+def output_array(image, shape):
+    """An empty array for the output, in the input's on-disk data type, refused up front if it cannot fit."""
+    dtype = image.get_data_dtype()
+    inference.check_output_fits(int(np.prod(shape)) * dtype.itemsize)
+    return np.empty(shape, dtype)
+
+
+def to_stored(values, image, dtype):
+    """Real-unit float values as the input file stores them: its scaling undone, rounded and clipped for integers."""
+    slope, inter = scaling_of(image)
+    raw = (values - inter) / slope if (slope, inter) != (1.0, 0.0) else values
+    if np.dtype(dtype).kind in "iu":
+        limits = np.iinfo(dtype)
+        raw = np.clip(np.round(raw), limits.min, limits.max)
+    return raw.astype(dtype, copy=False)
+
+
+def scaling_of(image):
+    """(slope, inter) applied to the stored integers of `image` (1, 0 for float files and unscaled ones)."""
+    if image.get_data_dtype().kind not in "iu":
+        return 1.0, 0.0
+    slope, inter = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    return slope, inter
+
+
+def save_resampled(image, out, factors, path):
+    """Writes `out` (stored values) as a NIfTI on the grid `factors` times finer than `image`'s, atomically.
+
+    The header is the input's (data type, units, intent, descriptions), with
+    zooms divided by the factors and qform (scanner) and sform (e.g.
+    registered), which may differ, each resampled on its own with its code.
+    """
+    header = image.header.copy()
+    zooms = list(header.get_zooms())
+    for k in range(3):
+        zooms[k] /= factors[k]
+    result = type(image)(out, resampled_affine(image.affine, factors), header=header)
+    result.header.set_zooms(zooms)
+    result.set_qform(resampled_affine(header.get_qform(), factors), code=int(header["qform_code"]))
+    result.set_sform(resampled_affine(header.get_sform(), factors), code=int(header["sform_code"]))
+    slope, inter = scaling_of(image)
+    if (slope, inter) != (1.0, 0.0):
+        result.header.set_slope_inter(slope, inter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_atomically(path, lambda tmp: nib.save(result, tmp))  # tmp ends in .nii.gz: gzipped
+
+
+# --- In-plane super-resolution ---------------------------------------------------
+
+def super_resolve_in_plane(model, image, data, axis, batch_size=constants.PREDICT_BATCH_SIZE, progress=None):
+    """Every slice across `axis` upscaled in-plane, as stored values in an array of the input's data type.
+
+    NaN/Inf voxels are replaced by inference.finite_copy's rule before the
+    network sees them; a NaN voxel's output voxels are NaN again where the
+    data type can hold it.  Returns (output array, NaN count, Inf count).
+    """
+    factor = modules.model_upscale_factor(model)
+    series = data if data.ndim == 4 else data[..., None]
+    shape = [size * f for size, f in zip(data.shape[:3], in_plane_factors(axis, factor))] + list(data.shape[3:])
+    out = output_array(image, shape)
+    out_series = out if data.ndim == 4 else out[..., None]
+    counts = [0, 0]
+    for t in range(series.shape[3]):
+        volume, nan_mask, n_nan, n_inf = inference.finite_copy(series[..., t])
+        counts[0], counts[1] = counts[0] + n_nan, counts[1] + n_inf
+        write = plane_writer(image, np.moveaxis(out_series[..., t], axis, 0), volume, nan_mask, axis, factor)
+        inference.upscale_planes(model, ScaledPlanes(np.moveaxis(volume, axis, 0), *robust_range(volume)),
+                                 write, batch_size, progress=progress)
+    return out, counts[0], counts[1]
+
+
+class ScaledPlanes:
+    """The planes of a (n, h, w) array scaled from [low, high] to [0, 1], one at a time (no full copy)."""
+
+    def __init__(self, planes, low, high):
+        self.planes, self.low, self.span = planes, low, high - low
+
+    def __len__(self):
+        return len(self.planes)
+
+    def __getitem__(self, index):
+        return (self.planes[index] - self.low) / self.span
+
+
+def plane_writer(image, out_planes, volume, nan_mask, axis, factor):
+    """The `write` callback of inference.upscale_planes that stores [0,1] blocks as the volume's values."""
+    low, high = robust_range(volume)
+    floor, ceiling = float(volume.min()), float(volume.max())
+    nan_planes = None if nan_mask is None else np.moveaxis(nan_mask, axis, 0)
+    keeps_nan = out_planes.dtype.kind == "f"
+
+    def write(index, top, left, block):
+        values = np.clip(block * (high - low) + low, floor, ceiling)
+        if nan_planes is not None and keeps_nan:
+            rows = np.arange(top, top + block.shape[0]) // factor
+            cols = np.arange(left, left + block.shape[1]) // factor
+            values[nan_planes[index][np.ix_(rows, cols)]] = np.nan
+        out_planes[index, top:top + block.shape[0], left:left + block.shape[1]] = \
+            to_stored(values, image, out_planes.dtype)
+
+    return write
+
+
+def middle_plane(data, axis):
+    """The [0, 1] middle slice across `axis` of a volume's first 3D frame (for --compare)."""
+    volume = inference.finite_copy(data if data.ndim == 3 else data[..., 0])[0]
+    low, high = robust_range(volume)
+    plane = np.take(volume, volume.shape[axis] // 2, axis=axis)
+    return np.clip((plane - low) / (high - low), 0.0, 1.0)
