@@ -17,14 +17,19 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
 # Slices are padded with black (or centre-cropped) to TARGET_SIZE x TARGET_SIZE;
 # ADNI slices are 256 wide x 240 tall, so they get 16 black rows at the bottom.
 TARGET_SIZE = 256
-# Share of the train/ split held out for validation, and the seed that fixes it.
+# Share of the groups of train/ held out for validation (a group is one file
+# name up to its last '_': one subject's volume in ADNI's <subject>_<slice>
+# naming), and the seed that picks them.  A tree with a validation/ folder
+# (the embedded sample has one) uses that folder instead.
 VALIDATION_SPLIT = 0.2
 SEED = 1337
 # Embedded sample: slices are written as 256 wide x 240 tall 8-bit images, like
-# ADNI.  Test slices are one contiguous axial slab; a gap of SAMPLE_GAP_SLICES
-# slices on either side keeps every training slice away from it.
+# ADNI.  Test slices are one contiguous central axial slab; validation slices
+# are two axial slabs, one on either side of it; a gap of SAMPLE_GAP_SLICES
+# slices between every two splits keeps each slice away from the others'.
 SAMPLE_SIZE = (256, 240)
 SAMPLE_TEST_FRACTION = 0.2
+SAMPLE_VALIDATION_FRACTION = 0.1   # each of the two validation slabs: 19 of the template's 189 slices
 SAMPLE_GAP_SLICES = 6
 
 # --- Model ------------------------------------------------------------------

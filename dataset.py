@@ -131,20 +131,34 @@ def load_slices(paths, size=constants.TARGET_SIZE, progress=True, tile=False):
     return Split(stack, kept)
 
 
+def group_of(path):
+    """The group a slice file belongs to: its name up to the last '_', or the whole name without one.
+
+    ADNI slices are named <subject>_<slice>.jpeg, so a group is one subject's
+    volume; all its slices go to the same side of the validation split.
+    """
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem.rpartition("_")[0] or stem
+
+
 def split_train_validation(paths, fraction=constants.VALIDATION_SPLIT, seed=constants.SEED):
-    """Shuffles with a fixed seed and holds out `fraction` for validation."""
-    shuffled = sorted(paths)
-    random.Random(seed).shuffle(shuffled)
-    n_val = int(round(len(shuffled) * fraction))
-    if len(shuffled) > 1:
-        n_val = min(max(n_val, 1), len(shuffled) - 1)
-    else:
-        n_val = 0
-    return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
+    """(training, validation) paths: a seeded `fraction` of the groups (group_of) held out whole.
+
+    Neighbouring slices of one volume are near-copies; splitting by file would
+    put them on both sides and make validation measure memory, not
+    generalisation.  With a single group nothing can be held out: validation is empty.
+    """
+    groups = sorted({group_of(path) for path in paths})
+    random.Random(seed).shuffle(groups)
+    n_val = int(round(len(groups) * fraction))
+    n_val = min(max(n_val, 1), len(groups) - 1) if len(groups) > 1 else 0
+    held_out = set(groups[:n_val])
+    return (sorted(p for p in paths if group_of(p) not in held_out),
+            sorted(p for p in paths if group_of(p) in held_out))
 
 
 def prepare_data_dir(data_dir):
-    """Builds the embedded sample if data_dir is the missing default, then checks the tree.
+    """Builds (or rebuilds an outdated) embedded sample if data_dir is the default, then checks the tree.
 
     An explicitly given data dir that does not exist is an error, never a reason to build.
     """
@@ -153,10 +167,28 @@ def prepare_data_dir(data_dir):
     check_data_dir(data_dir)
 
 
+def validation_source(data_dir):
+    """'folder' when <data_dir>/validation/ holds the validation slices, else 'groups' (carved from train/)."""
+    return "folder" if os.path.isdir(os.path.join(data_dir, "validation")) else "groups"
+
+
+def train_validation_paths(data_dir, fraction=constants.VALIDATION_SPLIT, seed=constants.SEED):
+    """(training, validation) files: validation/ when the tree has one, else whole groups of train/."""
+    train_paths = list_images(os.path.join(data_dir, "train"))
+    if validation_source(data_dir) == "folder":
+        return train_paths, list_images(os.path.join(data_dir, "validation"))
+    train_paths, val_paths = split_train_validation(train_paths, fraction, seed)
+    if not val_paths and train_paths:
+        print(f"warning: --data-dir {data_dir}: every file in train/ is in one group (its name up to the last "
+              f"'_'), so none is left for validation; name files <subject>_<slice>.<ext> or add a validation/ "
+              f"folder", file=sys.stderr)
+    return train_paths, val_paths
+
+
 def load_train_validation(data_dir, fraction=constants.VALIDATION_SPLIT, seed=constants.SEED,
                           size=constants.TARGET_SIZE, progress=True):
-    """The decoded training and validation slices of <data_dir>/train (split by file, seeded)."""
-    train_paths, val_paths = split_train_validation(list_images(os.path.join(data_dir, "train")), fraction, seed)
+    """The decoded training and validation slices of data_dir (see train_validation_paths)."""
+    train_paths, val_paths = train_validation_paths(data_dir, fraction, seed)
     return load_slices(train_paths, size, progress), load_slices(val_paths, size, progress)
 
 
@@ -170,6 +202,9 @@ def check_data_dir(data_dir):
             raise ValueError(f"--data-dir {data_dir}: no {split}/ folder (expected {split}/<class>/*.png|jpg)")
         if not list_images(split_dir):
             raise ValueError(f"--data-dir {data_dir}: no images in {split}/")
+    validation_dir = os.path.join(data_dir, "validation")
+    if os.path.isdir(validation_dir) and not list_images(validation_dir):
+        raise ValueError(f"--data-dir {data_dir}: no images in validation/ (remove it to split train/ instead)")
 
 
 # --- Pairs -------------------------------------------------------------------
@@ -354,11 +389,24 @@ def template_volume():
     return np.clip(volume / volume.max(), 0.0, 1.0)
 
 
-def sample_slab_ranges(depth, test_fraction=constants.SAMPLE_TEST_FRACTION, gap=constants.SAMPLE_GAP_SLICES):
-    """Axial index ranges: (train_below, test, train_above), gaps between."""
+def sample_slab_ranges(depth, test_fraction=constants.SAMPLE_TEST_FRACTION,
+                       validation_fraction=constants.SAMPLE_VALIDATION_FRACTION, gap=constants.SAMPLE_GAP_SLICES):
+    """Axial index ranges (start, stop) of the sample's splits: {"train": [...], "validation": [...], "test": [...]}.
+
+    From the bottom: training, gap, validation, gap, test, gap, validation,
+    gap, training.  The test slab is the central `test_fraction` of the
+    height (where it always was, so held-out figures stay comparable); a
+    validation slab of `validation_fraction` of the height lies on either
+    side of it.  The gaps keep every slice of a split away from the others.
+    """
     n_test = max(1, int(round(depth * test_fraction)))
+    n_val = max(1, int(round(depth * validation_fraction)))
     start = (depth - n_test) // 2
-    return (0, start - gap), (start, start + n_test), (start + n_test + gap, depth)
+    stop = start + n_test
+    below_val = (start - gap - n_val, start - gap)
+    above_val = (stop + gap, stop + gap + n_val)
+    return {"train": [(0, below_val[0] - gap), (above_val[1] + gap, depth)],
+            "validation": [below_val, above_val], "test": [(start, stop)]}
 
 
 def slice_to_image(plane, size=constants.SAMPLE_SIZE):
@@ -375,18 +423,17 @@ def slice_to_image(plane, size=constants.SAMPLE_SIZE):
 
 
 def sample_slices(volume, min_tissue=0.02):
-    """(split, orientation, index, image) for every informative slice.
+    """(split, orientation, key, image) for every informative slice.
 
-    Test: the axial slices of one central slab.  Train: axial, coronal and
-    sagittal slices of the two blocks above and below it (with a gap), so no
-    training pixel comes from, or neighbours, a test voxel.
+    Test and validation: the axial slices of their slabs.  Train: axial,
+    coronal and sagittal slices of the two blocks at the bottom and top (gaps
+    between), so no training pixel comes from, or neighbours, a voxel of the
+    other splits.
     """
-    below, test, above = sample_slab_ranges(volume.shape[2])
-    blocks = {"test": [volume[:, :, test[0]:test[1]]],
-              "train": [volume[:, :, below[0]:below[1]], volume[:, :, above[0]:above[1]]]}
-    for split, parts in blocks.items():
-        for part_no, part in enumerate(parts):
-            orientations = {"axial": 2} if split == "test" else {"axial": 2, "coronal": 1, "sagittal": 0}
+    for split, ranges in sample_slab_ranges(volume.shape[2]).items():
+        orientations = {"axial": 2, "coronal": 1, "sagittal": 0} if split == "train" else {"axial": 2}
+        for part_no, (low, high) in enumerate(ranges):
+            part = volume[:, :, low:high]
             for name, axis in orientations.items():
                 for index in range(part.shape[axis]):
                     plane = np.take(part, index, axis=axis)
@@ -394,37 +441,78 @@ def sample_slices(volume, min_tissue=0.02):
                         yield split, name, f"{part_no}{index:03d}", slice_to_image(plane)
 
 
-def build_sample_dataset(data_dir):
-    """Writes the embedded MNI152 sample in AD_NC layout; returns counts.
+# Version of the sample's layout, written to <data-dir>/SAMPLE_VERSION.  1 (no
+# marker) split validation from train/ by file, so validation slices were
+# neighbours of training slices; 2 has validation slabs of its own.
+SAMPLE_VERSION = 2
+SAMPLE_MARKER = "SAMPLE_VERSION"
+
+
+def build_sample_dataset(data_dir, replace=False):
+    """Writes the embedded MNI152 sample in AD_NC layout (plus validation/); returns counts.
 
     It is built in a private temporary folder and renamed into place, so it
     appears whole or not at all, even with several processes building at once.
+    With replace=True an existing data_dir (an outdated sample) is moved aside
+    first and deleted after.
     """
-    counts = {"train": 0, "test": 0}
+    counts = {"train": 0, "validation": 0, "test": 0}
     parent = os.path.dirname(os.path.abspath(data_dir))
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=".partial-sample-", dir=parent)
+    old_dir = tempfile.mkdtemp(prefix=".old-sample-", dir=parent) if replace else None
     try:
         for split, orientation, key, image in sample_slices(template_volume()):
             folder = os.path.join(tmp_dir, split, orientation)
             os.makedirs(folder, exist_ok=True)
             Image.fromarray(image).save(os.path.join(folder, f"mni152_{orientation}_{key}.png"))
             counts[split] += 1
+        with open(os.path.join(tmp_dir, SAMPLE_MARKER), "w") as marker:
+            marker.write(f"{SAMPLE_VERSION}\n")
+        if replace:
+            move_aside(data_dir, old_dir)
         try:
             os.rename(tmp_dir, data_dir)
         except OSError:
             if not os.path.isdir(data_dir):  # another process won the race otherwise
                 raise
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        for folder in (tmp_dir, old_dir):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
     return counts
 
 
+def move_aside(data_dir, empty_dir):
+    """Renames data_dir onto the empty folder empty_dir (POSIX replaces an empty folder), unless it is gone."""
+    try:
+        os.rename(data_dir, empty_dir)
+    except FileNotFoundError:
+        pass  # another process moved it first
+
+
+def sample_version(data_dir):
+    """The embedded sample's layout version in data_dir: its marker, 1 for an unmarked
+    tree of the sample's files only, None for anything else (a user's data is never rebuilt)."""
+    try:
+        with open(os.path.join(data_dir, SAMPLE_MARKER)) as marker:
+            return int(marker.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    names = [os.path.basename(path) for path in list_images(data_dir)]
+    return 1 if names and all(name.startswith("mni152_") for name in names) else None
+
+
 def ensure_default_data(data_dir):
-    """Builds the embedded sample at the default data dir when it is absent."""
+    """Builds the embedded sample at the default data dir when it is absent, or rebuilds an outdated one."""
     if os.path.isdir(data_dir):
-        return
-    print(f"{data_dir} not found: building the embedded sample from nilearn's MNI152 T1 template ...")
-    counts = build_sample_dataset(data_dir)
-    print(f"built {counts['train']} training and {counts['test']} test slices "
-          f"(256x240 PNG, AD_NC layout) in {data_dir}")
+        version = sample_version(data_dir)
+        if version is None or version >= SAMPLE_VERSION:
+            return
+        print(f"{data_dir} holds the embedded sample of an older layout (version {version}, whose validation "
+              f"slices neighboured training slices): rebuilding it ...")
+    else:
+        print(f"{data_dir} not found: building the embedded sample from nilearn's MNI152 T1 template ...")
+    counts = build_sample_dataset(data_dir, replace=os.path.isdir(data_dir))
+    print(f"built {counts['train']} training, {counts['validation']} validation and {counts['test']} test slices "
+          f"(256x240 PNG, AD_NC layout plus validation/) in {data_dir}")

@@ -6,29 +6,38 @@ Writes <output-dir>/espcn.keras (best validation loss), history.csv, and the
 two training plots (psnr.png, loss.png).  With the default --data-dir and no
 data there, it first builds the embedded MNI152 sample.  An interrupted run
 (Ctrl-C, SIGTERM, kill -9) resumes from its last completed epoch when the same
-command is run again.
+command is run again; a different command is refused (the backup stores the
+run's settings) unless --restart discards the backup.
 
 One training loop serves one device, all local GPUs and many machines: a
 custom loop over tf.distribute (strategy.run / strategy.reduce) rather than
 model.fit, because Keras 3.15's fit fails under MultiWorkerMirroredStrategy.
 """
 import argparse
-import json
+import hashlib
 import os
 import shutil
-import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 
-import hashlib
+from stopping import StopRequest, TrainingStopped
 
-import numpy as np
+# Stops are handled from a run's first moment, before the imports below, which
+# take seconds (TensorFlow): a SIGTERM or Ctrl-C during them is as clean as any other.
+STOP = StopRequest()
+if __name__ == "__main__":
+    STOP.install()
 
-import constants
-import dataset
-import modules
-from cli import OneLineErrorParser, check_output_dir, positive_int, target_size, write_atomically
-from tensorflow_env import keras, tf
+import numpy as np  # noqa: E402
+
+import backups  # noqa: E402
+import constants  # noqa: E402
+import dataset  # noqa: E402
+import modules  # noqa: E402
+from backups import TrainingState  # noqa: E402
+from cli import OneLineErrorParser, check_output_dir, positive_int, target_size, write_atomically  # noqa: E402
+from tensorflow_env import keras, tf  # noqa: E402
 
 
 # --- Command line ------------------------------------------------------------
@@ -80,7 +89,8 @@ def parse_args(argv=None):
     parser.add_argument("--extra-train-dir", default=None,
                         help="a folder of any images (e.g. scikit-image's samples) added to training, tiled")
     parser.add_argument("--validation-split", type=fraction, default=constants.VALIDATION_SPLIT,
-                        help="share of train/ held out for validation")
+                        help="share of train/'s groups (file name up to the last '_') held out for validation, "
+                             "when the tree has no validation/ folder")
     parser.add_argument("--target-size", type=target_size, default=constants.TARGET_SIZE,
                         help="slices are padded/cropped to this square size (pixels)")
     parser.add_argument("--seed", type=int, default=constants.SEED, help="fixes the split, crops and augmentation")
@@ -103,6 +113,8 @@ def parse_args(argv=None):
                         help="XLA-compile the training step; auto = on for float32, off for mixed precision")
     parser.add_argument("--strategy", choices=("auto", "one_device", "mirrored", "multi_worker"),
                         default=constants.STRATEGY, help="multi_worker reads the cluster from TF_CONFIG")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the backup of an interrupted run in --output-dir and start afresh")
     args = parser.parse_args(argv)
     if args.through_plane_factor:  # rows are cut to a multiple of the factor, so any target size works
         args.upscale_factor = args.through_plane_factor
@@ -114,8 +126,23 @@ def parse_args(argv=None):
 
 # --- Set-up ------------------------------------------------------------------
 
-def make_strategy(name):
+@dataclass
+class Run:
+    """What the set-up decided for this process: where it trains, how, and from which backup."""
+    strategy: object
+    policy: str
+    jit: bool
+    chief: bool                    # the chief writes --output-dir and shows progress
+    output_dir: str                # --output-dir on the chief, a private temporary folder on other workers
+    settings: dict                 # stored with every backup; see run_settings
+    resume_from: str = None        # the backup folder to continue from, if any
 
+    @property
+    def replicas(self):
+        return self.strategy.num_replicas_in_sync
+
+
+def make_strategy(name):
     if name == "auto":
         name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "one_device"
     if name == "mirrored":
@@ -136,10 +163,92 @@ def is_chief(strategy):
                                              and "chief" not in resolver.cluster_spec().as_dict())
 
 
-def load_data(args):
-    """Decoded training, validation and test-free slices; ValueError on bad data."""
+# Flags that are not in run_settings as spelled, and why.  A new flag goes
+# either into run_settings or here (tests/test_backups.py checks it).
+NOT_IN_SETTINGS = {
+    "--output-dir": "where the backup is",
+    "--patience": "it only decides when to stop, never how an epoch trains",
+    "--pipeline-batches": "parallelism, which never changes the data (tests/test_dataset.py)",
+    "--strategy": "compared as the number of replicas it gives",
+    "--restart": "it discards the backup",
+}
+
+
+def run_settings(args, policy, jit, replicas, split):
+    """Everything that changes what a run trains, by flag name; a backup resumes only under equal settings."""
+    extra = dataset.list_images(args.extra_train_dir) if args.extra_train_dir else []
+    return {
+        "--data-dir": os.path.abspath(args.data_dir),
+        "data files": backups.files_fingerprint(split[0] + split[1]),  # the split follows from them and the seed
+        "--validation-split": ("validation/ folder" if dataset.validation_source(args.data_dir) == "folder"
+                               else args.validation_split),
+        "--extra-train-dir": os.path.abspath(args.extra_train_dir) if args.extra_train_dir else None,
+        "extra training files": backups.files_fingerprint(extra) if extra else None,
+        "--seed": args.seed, "--upscale-factor": args.upscale_factor, "--target-size": args.target_size,
+        "--through-plane-factor": args.through_plane_factor,
+        "--patch-size": args.patch_size, "--patches-per-image": args.patches_per_image,
+        "--augment": args.augment, "--batch-size": args.batch_size, "replicas": replicas,
+        "--learning-rate": args.learning_rate, "--lr-schedule": args.lr_schedule, "--epochs": args.epochs,
+        "--precision": policy, "--jit": "on" if jit else "off",  # as resolved: auto is what it picks
+    }
+
+
+def backup_to_resume(args, settings, chief):
+    """The backup this command continues from, or None; ValueError naming the settings if it belongs to another run.
+
+    Every worker reads the chief's backup.  --restart discards it (the chief
+    deletes it; the other workers just do not read it).
+    """
+    backup_dir = backups.backup_dir_of(args.output_dir)
+    if args.restart:
+        if chief and os.path.exists(backup_dir):
+            backups.discard(backup_dir)
+            print(f"--restart: discarded the backup in {backup_dir}")
+        return None
+    latest = backups.latest_backup(backup_dir)
+    if latest is None:
+        return None
+    try:
+        stored = backups.read_settings(latest)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{latest}: unreadable settings ({error}); add --restart to discard this backup") from None
+    differences = backups.differing_settings(stored, settings)
+    if differences:
+        raise ValueError(f"--output-dir {args.output_dir} holds the backup of another run; this command differs in "
+                         f"{'; '.join(differences)}: run that run's command to resume it, or add --restart to "
+                         f"discard its backup")
+    return latest
+
+
+def set_up(args):
+    """Strategy, precision, data dir, settings and the backup to resume; ValueError for anything wrong.
+
+    Nothing in --output-dir is touched before the backup's settings are checked.
+    """
+    strategy = make_strategy(args.strategy)
+    chief = is_chief(strategy)
+    if chief:
+        check_output_dir(args.output_dir)
+    print(f"strategy: {type(strategy).__name__}, replicas in sync: {strategy.num_replicas_in_sync}")
+    policy = modules.choose_precision(args.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    jit = modules.use_xla(args.jit, policy)
+    print(f"precision: {policy}, XLA: {'on' if jit else 'off'}")
+    if args.extra_train_dir and not os.path.isdir(args.extra_train_dir):
+        raise ValueError(f"--extra-train-dir {args.extra_train_dir}: no such directory")
     dataset.prepare_data_dir(args.data_dir)
-    train, val = dataset.load_train_validation(args.data_dir, args.validation_split, args.seed, args.target_size)
+    split = dataset.train_validation_paths(args.data_dir, args.validation_split, args.seed)
+    settings = run_settings(args, policy, jit, strategy.num_replicas_in_sync, split)
+    resume_from = backup_to_resume(args, settings, chief)
+    # Only the chief writes into --output-dir; the others write to a folder of their own, deleted at the end.
+    output_dir = args.output_dir if chief else tempfile.mkdtemp(prefix="espcn_worker_")
+    return Run(strategy, policy, jit, chief, output_dir, settings, resume_from), split
+
+
+def load_data(args, split):
+    """Decoded training and validation slices of the (training, validation) paths; ValueError on bad data."""
+    train = dataset.load_slices(split[0], args.target_size)
+    val = dataset.load_slices(split[1], args.target_size)
     if len(train.paths) == 0:
         raise ValueError(f"--data-dir {args.data_dir}: no usable training image in train/")
     if args.extra_train_dir:
@@ -154,8 +263,6 @@ def load_data(args):
 
 def load_extra_images(folder, size):
     """Every image under `folder`, tiled into training slices (training only, never validation)."""
-    if not os.path.isdir(folder):
-        raise ValueError(f"--extra-train-dir {folder}: no such directory")
     extra = dataset.load_slices(dataset.list_images(folder), size, tile=True)
     if not extra.paths:
         raise ValueError(f"--extra-train-dir {folder}: no usable images")
@@ -200,42 +307,28 @@ def save_training_plots(rows, output_dir):
 
 # --- Training ----------------------------------------------------------------
 
-class TrainingState:
-    """Everything an interrupted run needs to go on, in one TF checkpoint.
+@dataclass
+class BatchPlan:
+    patch: int            # high-resolution crop size, 0 = whole slices
+    per_replica: int      # batch per replica
+    global_batch: int
+    steps: int            # training steps per epoch
 
-    Keras' BackupAndRestore keeps only weights and the epoch number; resuming
-    here must also bring back the optimizer, the early-stopping counters, the
-    best weights so far and the history, all from the same instant, so that
-    history.csv holds every epoch exactly once after a kill -9.
-    """
 
-    def __init__(self, model, optimizer):
-
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.best_val_loss = tf.Variable(float("inf"), dtype=tf.float64, trainable=False)
-        self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False)
-        self.best_weights = [tf.Variable(w, trainable=False) for w in model.get_weights()]
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch, wait=self.wait,
-                                              best_val_loss=self.best_val_loss, history=self.history_json,
-                                              best_weights=self.best_weights)
-
-    @property
-    def history(self):
-        return json.loads(self.history_json.numpy().decode())
-
-    def record(self, row, model, improved, wait):
-        self.history_json.assign(json.dumps(self.history + [row]))
-        self.epoch.assign(row["epoch"] + 1)
-        self.wait.assign(wait)
-        if improved:
-            self.best_val_loss.assign(row["val_loss"])
-            for variable, weight in zip(self.best_weights, model.get_weights()):
-                variable.assign(weight)
+def plan_batches(args, n_images, replicas):
+    """The crop size, batch sizes and steps per epoch for this data."""
+    patch = dataset.effective_patch(args.patch_size, args.target_size, args.upscale_factor)
+    n_examples = n_images * (args.patches_per_image if patch else 1)
+    if n_examples < replicas:
+        raise ValueError(f"--data-dir {args.data_dir}: {n_examples} training examples for {replicas} replicas")
+    per_replica = min(args.batch_size, n_examples // replicas)
+    if per_replica < args.batch_size:
+        print(f"note: only {n_examples} training examples; batch size {per_replica} per replica")
+    global_batch = per_replica * replicas
+    return BatchPlan(patch, per_replica, global_batch, n_examples // global_batch)
 
 
 def make_optimizer(args, steps_per_epoch, replicas, policy):
-
     learning_rate = args.learning_rate * replicas  # linear scaling with the global batch
     if args.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
@@ -246,6 +339,79 @@ def make_optimizer(args, steps_per_epoch, replicas, policy):
     return optimizer
 
 
+def build_model(args, run, plan):
+    """The model (x upscale in both directions, or the 1-D through-plane one) and its optimizer, made (and the
+    optimizer's slots built) under the strategy's scope."""
+    with run.strategy.scope():
+        model = modules.get_model_1d(args.through_plane_factor) if args.through_plane_factor \
+            else modules.get_model(args.upscale_factor)
+        optimizer = make_optimizer(args, plan.steps, run.replicas, run.policy)
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def restore(state, run, epochs):
+    if run.resume_from:
+        backups.restore(state, run.resume_from)
+        print(f"resumed from {run.resume_from}: continuing at epoch {state.epochs_done + 1} of {epochs}")
+
+
+def training_batches(args, run, images, plan, first_epoch):
+    """An iterator over every remaining epoch's distributed training batches (one pipeline for the run)."""
+    data = dataset.make_training_dataset(
+        images, plan.global_batch, args.upscale_factor, plan.patch, args.patches_per_image, args.augment,
+        seed=args.seed, epochs=max(0, args.epochs - first_epoch), first_epoch=first_epoch,
+        parallel=args.pipeline_batches, thick_slices=bool(args.through_plane_factor))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return iter(run.strategy.experimental_distribute_dataset(data.with_options(options)))
+
+
+def make_callbacks(args, run, model, val_images, plan):
+    """The progress bar and the PSNR callback, which validates at each epoch's end."""
+    psnr_callback = modules.PSNRCallback(
+        dataset.make_eval_dataset(val_images, plan.per_replica, args.upscale_factor,
+                                  thick_slices=bool(args.through_plane_factor)).cache())
+    callbacks = keras.callbacks.CallbackList([psnr_callback], add_progbar=True, model=model,
+                                             verbose=1 if run.chief else 0, epochs=args.epochs, steps=plan.steps)
+    return callbacks, psnr_callback
+
+
+def current_learning_rate(optimizer):
+    lr = optimizer.learning_rate
+    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+
+def run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optimizer, stop):
+    """`steps` training batches, then validation; returns the history row.
+
+    A stop request ends the epoch before its next step (the backup holds the
+    epoch before); one that comes during validation lets the epoch finish and
+    be saved.
+    """
+    callbacks.on_epoch_begin(epoch)
+    stop.phase = f"the training steps of epoch {epoch + 1}"
+    total = 0.0
+    for step in range(steps):
+        stop.check()
+        total += float(train_step(next(batches)))
+        callbacks.on_train_batch_end(step, {"loss": total / (step + 1)})
+    stop.phase = f"the validation of epoch {epoch + 1}"
+    callbacks.on_epoch_end(epoch, {"loss": total / steps})  # the PSNR callback validates here
+    val = psnr_callback.scores
+    return {"epoch": epoch, "loss": total / steps, "val_loss": val["loss"], "val_psnr": val["psnr"],
+            "val_ssim": val["ssim"], "learning_rate": current_learning_rate(optimizer)}
+
+
+def save_epoch(state, row, model, run, stop):
+    """The best model (if this epoch is), the backup, then history.csv: each written whole or not at all."""
+    stop.phase = f"saving epoch {row['epoch'] + 1}"
+    if state.record(row, model):
+        write_atomically(os.path.join(run.output_dir, constants.MODEL_FILENAME), model.save)
+    backups.write_backup(state, run.settings, backups.backup_dir_of(run.output_dir))
+    save_history_csv(state.history, os.path.join(run.output_dir, "history.csv"))
+
+
 def weights_fingerprint(model):
     """A short hash of all weights, to check that workers ended in the same place."""
     digest = hashlib.sha256()
@@ -254,149 +420,66 @@ def weights_fingerprint(model):
     return digest.hexdigest()[:16]
 
 
-def current_learning_rate(optimizer):
-    lr = optimizer.learning_rate
-    return float(lr.numpy() if hasattr(lr, "numpy") else lr)
-
-
-def distribute(strategy, data):
-
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return strategy.experimental_distribute_dataset(data.with_options(options))
-
-
-def plan_batches(args, n_images, replicas):
-    """(crop size, per-replica batch, global batch, steps per epoch) for this data."""
-    patch = dataset.effective_patch(args.patch_size, args.target_size, args.upscale_factor)
-    n_examples = n_images * (args.patches_per_image if patch else 1)
-    if n_examples < replicas:
-        raise ValueError(f"--data-dir {args.data_dir}: {n_examples} training examples for {replicas} replicas")
-    per_replica = min(args.batch_size, n_examples // replicas)
-    if per_replica < args.batch_size:
-        print(f"note: only {n_examples} training examples; batch size {per_replica} per replica")
-    global_batch = per_replica * replicas
-    return patch, per_replica, global_batch, n_examples // global_batch
-
-
-def run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optimizer):
-    """`steps` training batches from the iterator `batches`, then validation; returns the history row."""
-    callbacks.on_epoch_begin(epoch)
-    total = 0.0
-    for step in range(steps):
-        total += float(train_step(next(batches)))
-        callbacks.on_train_batch_end(step, {"loss": total / (step + 1)})
-    callbacks.on_epoch_end(epoch, {"loss": total / steps})  # the PSNR callback validates here
-    val = psnr_callback.scores
-    return {"epoch": epoch, "loss": total / steps, "val_loss": val["loss"], "val_psnr": val["psnr"],
-            "val_ssim": val["ssim"], "learning_rate": current_learning_rate(optimizer)}
-
-
-def finish(model, state, rows, model_path, output_dir):
-    """Keeps the best epoch's weights and writes the model, history and plots."""
+def finish(model, state, args, run):
+    """Keeps the best epoch's weights, writes the model, history and plots, and drops the backup."""
+    if state.epochs_without_improvement >= args.patience:
+        print(f"early stopping: no better validation loss for {args.patience} epochs")
+    rows = state.history
+    model_path = os.path.join(run.output_dir, constants.MODEL_FILENAME)
     model.set_weights([w.numpy() for w in state.best_weights])
     write_atomically(model_path, model.save)
-    save_history_csv(rows, os.path.join(output_dir, "history.csv"))
-    save_training_plots(rows, output_dir)
+    save_history_csv(rows, os.path.join(run.output_dir, "history.csv"))
+    save_training_plots(rows, run.output_dir)
     best = min(rows, key=lambda row: row["val_loss"])
     print(f"best epoch {best['epoch'] + 1}: val_loss {best['val_loss']:.5f}, "
           f"val PSNR {best['val_psnr']:.2f} dB, val SSIM {best['val_ssim']:.4f}")
     print(f"weights fingerprint: {weights_fingerprint(model)}")  # equal on every worker of one run
-
-
-def train(args):
-    """Runs (or resumes) training; returns the history rows."""
-
-
-    strategy = make_strategy(args.strategy)
-    chief = is_chief(strategy)
-    if chief:
-        check_output_dir(args.output_dir)
-    print(f"strategy: {type(strategy).__name__}, replicas in sync: {strategy.num_replicas_in_sync}")
-    policy = modules.choose_precision(args.precision)
-    keras.mixed_precision.set_global_policy(policy)
-    jit = modules.use_xla(args.jit, policy)
-    print(f"precision: {policy}, XLA: {'on' if jit else 'off'}")
-    # Only the chief writes into --output-dir; the others write to a folder of their own, deleted at the end.
-    output_dir = args.output_dir if chief else tempfile.mkdtemp(prefix="espcn_worker_")
-    try:
-        return train_into(args, strategy, policy, jit, output_dir)
-    finally:
-        if not chief:
-            shutil.rmtree(output_dir, ignore_errors=True)
-
-
-def build_model(args):
-    """The ESPCN to train: x upscale in both directions, or the 1-D through-plane one."""
-    if args.through_plane_factor:
-        return modules.get_model_1d(args.through_plane_factor)
-    return modules.get_model(args.upscale_factor)
-
-
-def train_into(args, strategy, policy, jit, output_dir):
-
-
-    train_set, val_set = load_data(args)
-    replicas = strategy.num_replicas_in_sync
-    patch, per_replica, global_batch, steps = plan_batches(args, len(train_set.images), replicas)
-    with strategy.scope():
-        model = build_model(args)
-        optimizer = make_optimizer(args, steps, replicas, policy)
-        optimizer.build(model.trainable_variables)
-    state = TrainingState(model, optimizer)
-    backup_dir = os.path.join(output_dir, "backup")
-    manager = tf.train.CheckpointManager(state.checkpoint, backup_dir, max_to_keep=1)
-    restore_from = tf.train.latest_checkpoint(os.path.join(args.output_dir, "backup"))  # every worker: the chief's
-    if restore_from:
-        state.checkpoint.restore(restore_from).expect_partial()
-        print(f"resumed from {restore_from}: continuing at epoch {int(state.epoch.numpy()) + 1} of {args.epochs}")
-
-    train_step = modules.make_train_step(model, optimizer, strategy, jit)
-    psnr_callback = modules.PSNRCallback(
-        dataset.make_eval_dataset(val_set.images, per_replica, args.upscale_factor,
-                                  thick_slices=bool(args.through_plane_factor)).cache())
-    callbacks = keras.callbacks.CallbackList([psnr_callback], add_progbar=True, model=model,
-                                             verbose=1 if output_dir == args.output_dir else 0,
-                                             epochs=args.epochs, steps=steps)
-    model_path = os.path.join(output_dir, constants.MODEL_FILENAME)
-    first_epoch = int(state.epoch.numpy())
-    batches = iter(distribute(strategy, dataset.make_training_dataset(
-        train_set.images, global_batch, args.upscale_factor, patch, args.patches_per_image, args.augment,
-        seed=args.seed, epochs=max(0, args.epochs - first_epoch), first_epoch=first_epoch,
-        parallel=args.pipeline_batches, thick_slices=bool(args.through_plane_factor))))
-    while int(state.epoch.numpy()) < args.epochs and int(state.wait.numpy()) < args.patience:
-        epoch = int(state.epoch.numpy())
-        row = run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optimizer)
-        improved = row["val_loss"] < float(state.best_val_loss.numpy())
-        if improved:
-            write_atomically(model_path, model.save)
-        state.record(row, model, improved, 0 if improved else int(state.wait.numpy()) + 1)
-        manager.save()  # weights, optimizer, counters and history of this epoch, in one checkpoint
-        save_history_csv(state.history, os.path.join(output_dir, "history.csv"))
-    if int(state.wait.numpy()) >= args.patience:
-        print(f"early stopping: no better validation loss for {args.patience} epochs")
-    rows = state.history
-    finish(model, state, rows, model_path, output_dir)
-    shutil.rmtree(backup_dir, ignore_errors=True)  # finished: nothing to resume
-    if output_dir == args.output_dir:
-        print(f"wrote {model_path}, history.csv, psnr.png and loss.png in {output_dir}")
+    backups.discard(backups.backup_dir_of(run.output_dir))  # finished: nothing to resume
+    if run.chief:
+        print(f"wrote {model_path}, history.csv, psnr.png and loss.png in {run.output_dir}")
     return rows
 
 
-def stop_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # same clean stop as Ctrl-C; the backup holds the last epoch
+def train_into(args, run, split, stop):
+    """The training run, top to bottom: data, model, restore, pipeline, the epoch loop, finish."""
+    train_set, val_set = load_data(args, split)
+    plan = plan_batches(args, len(train_set.images), run.replicas)
+    model, optimizer = build_model(args, run, plan)
+    state = TrainingState(model, optimizer)
+    restore(state, run, args.epochs)
+    train_step = modules.make_train_step(model, optimizer, run.strategy, run.jit)
+    batches = training_batches(args, run, train_set.images, plan, first_epoch=state.epochs_done)
+    callbacks, psnr_callback = make_callbacks(args, run, model, val_set.images, plan)
+    stop.check()
+    while state.epochs_done < args.epochs and state.epochs_without_improvement < args.patience:
+        row = run_epoch(state.epochs_done, train_step, batches, plan.steps, callbacks, psnr_callback, optimizer,
+                        stop)
+        save_epoch(state, row, model, run, stop)
+        stop.check()  # the epoch is saved: a safe point
+    return finish(model, state, args, run)
+
+
+def train(args, stop=None):
+    """Runs (or resumes) training; returns the history rows.  Raises TrainingStopped after a stop request."""
+    stop = stop or StopRequest()
+    run, split = set_up(args)
+    try:
+        return train_into(args, run, split, stop)
+    finally:
+        if not run.chief:  # a worker's private folder
+            shutil.rmtree(run.output_dir, ignore_errors=True)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    STOP.install()
     try:
-        train(args)
+        train(args, STOP)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume from the last completed epoch",
+    except TrainingStopped as stopped:
+        print(f"\ninterrupted ({stopped}): run the same command again to resume from the last completed epoch",
               file=sys.stderr)
         return 130
     return 0

@@ -21,14 +21,21 @@ def brain_like(width, height, seed):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+SPLIT_SEEDS = {"train": 0, "test": 1000}  # fixed per split: the same images on every run (hash() is salted)
+
+
 def write_tree(root, n_train=6, n_test=3, size=(256, 240), classes=("AD", "NC"), suffix=".png"):
-    """<root>/{train,test}/<class>/*.png of brain-like slices; returns root."""
+    """<root>/{train,test}/<class>/<subject>_<slice>.png of brain-like slices; returns root.
+
+    Every file is a subject of its own (s000_0, s001_0, ...), so a tree of n
+    files has n groups for the validation split.
+    """
     for split, count in (("train", n_train), ("test", n_test)):
         for i in range(count):
             folder = os.path.join(root, split, classes[i % len(classes)])
             os.makedirs(folder, exist_ok=True)
-            image = Image.fromarray(brain_like(*size, seed=hash((split, i)) % 1000))
-            image.save(os.path.join(folder, f"{split}_{i:03d}{suffix}"))
+            image = Image.fromarray(brain_like(*size, seed=SPLIT_SEEDS[split] + i))
+            image.save(os.path.join(folder, f"{split[:2]}{i:03d}_0{suffix}"))
     return str(root)
 
 

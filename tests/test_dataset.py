@@ -85,6 +85,41 @@ def test_reads_an_ad_nc_tree_and_splits_80_20_with_a_fixed_seed(tmp_path):
     assert split.images.shape == (8, 256, 256) and split.images.dtype == np.uint8
 
 
+def test_a_group_is_the_name_up_to_its_last_underscore():
+    assert dataset.group_of("AD/123_S_0456_077.jpeg") == "123_S_0456"
+    assert dataset.group_of("NC/scan.png") == "scan" and dataset.group_of("x/_7.png") == "_7"
+
+
+def test_every_slice_of_a_subject_lands_on_one_side():
+    paths = [f"{cls}/subject{s}_{k:03d}.jpeg" for s in range(10) for k in range(20) for cls in ["AD" if s % 2 else "NC"]]
+    train, val = dataset.split_train_validation(paths, 0.2, 1337)
+    train_groups, val_groups = {dataset.group_of(p) for p in train}, {dataset.group_of(p) for p in val}
+    assert len(val_groups) == 2 and not train_groups & val_groups and len(val) == 2 * 20
+    assert (train, val) == dataset.split_train_validation(list(reversed(paths)), 0.2, 1337)
+    assert dataset.split_train_validation(paths, 0.2, 7) != (train, val)  # the seed picks the groups
+
+
+def test_one_group_leaves_no_validation_and_says_so(tmp_path, capsys):
+    for k in range(4):
+        folder = tmp_path / "AD_NC" / "train" / "AD"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), k, np.uint8)).save(folder / f"subject_{k}.png")
+    train, val = dataset.train_validation_paths(str(tmp_path / "AD_NC"))
+    assert len(train) == 4 and val == []
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: --data-dir") and "validation/" in warning and len(warning.splitlines()) == 1
+
+
+def test_a_validation_folder_is_the_validation_split(tmp_path):
+    root = write_tree(tmp_path / "AD_NC", n_train=4, n_test=2)
+    os.makedirs(os.path.join(root, "validation", "AD"))
+    with pytest.raises(ValueError, match="no images in validation/"):
+        dataset.check_data_dir(root)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(root, "validation", "AD", "v_0.png"))
+    train, val = dataset.train_validation_paths(root, 0.5)
+    assert len(train) == 4 and [os.path.basename(p) for p in val] == ["v_0.png"]
+
+
 @pytest.mark.parametrize("missing", ["train", "test"])
 def test_data_dir_without_a_split_is_refused(tmp_path, missing):
     root = write_tree(tmp_path / "AD_NC", n_train=2, n_test=2)
@@ -94,18 +129,42 @@ def test_data_dir_without_a_split_is_refused(tmp_path, missing):
         dataset.check_data_dir(root)
 
 
-def test_embedded_sample_is_built_from_the_template_with_separated_slabs(tmp_path):
+def test_sample_splits_are_slabs_apart_and_the_test_slab_is_where_it_was():
+    slabs = dataset.sample_slab_ranges(189)
+    assert slabs["test"] == [(75, 113)]  # as before validation slabs existed: held-out figures stay comparable
+    ordered = sorted((low, high) for ranges in slabs.values() for low, high in ranges)
+    assert ordered[0][0] == 0 and ordered[-1][1] == 189
+    assert all(later[0] - earlier[1] >= 6 for earlier, later in zip(ordered, ordered[1:]))  # a gap between each
+    assert [split for low, _ in ordered for split, ranges in slabs.items() if (low, _) in ranges] == [
+        "train", "validation", "test", "validation", "train"]
+
+
+def test_an_outdated_embedded_sample_is_rebuilt_with_validation_slabs(tmp_path):
     root = str(tmp_path / "data" / "AD_NC")
-    counts = dataset.build_sample_dataset(root)
+    old = os.path.join(root, "train", "axial")  # the first sample: no marker, validation split from train/
+    os.makedirs(old)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(old, "mni152_axial_0001.png"))
+    assert dataset.sample_version(root) == 1
+    dataset.ensure_default_data(root)
+    assert dataset.sample_version(root) == dataset.SAMPLE_VERSION
     train = dataset.list_images(os.path.join(root, "train"))
+    val = dataset.list_images(os.path.join(root, "validation"))
     test = dataset.list_images(os.path.join(root, "test"))
-    assert counts == {"train": len(train), "test": len(test)} and len(test) >= 20 and len(train) >= 200
+    assert len(test) == 38 and len(val) >= 30 and len(train) >= 200 and not os.path.exists(
+        os.path.join(old, "mni152_axial_0001.png"))
     with Image.open(test[0]) as image:
         assert image.size == (256, 240) and image.mode == "L"
     assert {os.path.basename(os.path.dirname(p)) for p in train} == {"axial", "coronal", "sagittal"}
-    below, slab, above = dataset.sample_slab_ranges(189)
-    assert below[1] <= slab[0] - 6 and above[0] >= slab[1] + 6
-    assert [name for name in os.listdir(tmp_path / "data")] == ["AD_NC"]  # no temporary folder left
+    assert {os.path.basename(os.path.dirname(p)) for p in val} == {"axial"}
+    assert dataset.train_validation_paths(root) == (train, val)
+    assert os.listdir(tmp_path / "data") == ["AD_NC"]  # no temporary folder left
+
+
+def test_a_users_tree_is_never_taken_for_the_sample(tmp_path):
+    root = write_tree(tmp_path / "AD_NC", n_train=2, n_test=1)
+    assert dataset.sample_version(root) is None
+    dataset.ensure_default_data(root)
+    assert sorted(os.listdir(root)) == ["test", "train"]
 
 
 def test_epochs_in_a_row_are_full_batches_and_a_resumed_run_sees_the_same_data():

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -67,7 +68,11 @@ def test_killed_workers_resume_from_the_chiefs_backup(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not (os.path.exists(history) and len(open(history).readlines()) >= 2):
         assert all(p.poll() is None for p in procs), "a worker ended early"
-        time.sleep(0.05)
+        time.sleep(0.005)
+    for proc in procs:  # frozen first: the history read next proves the run unfinished, whatever the machine's speed
+        proc.send_signal(signal.SIGSTOP)
+    done = len(open(history).readlines()) - 1
+    assert done < 3, "the run finished before the workers could be frozen"  # a backup is deleted only after that
     for proc in procs:
         proc.kill()
         proc.communicate(timeout=60)

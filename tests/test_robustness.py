@@ -106,44 +106,100 @@ def ctrl_c_reaches_children():
     signal.signal(signal.SIGINT, previous)
 
 
-def start_training(data, out, epochs):
+# Tiny epochs (5 steps, no XLA compilation): 30 of them leave room to stop the run with epochs to spare; early
+# stopping is out of the way so that a finished run has exactly EPOCHS epochs.
+EPOCHS = 30
+RUN = [*FAST, "--jit", "off", "--epochs", str(EPOCHS), "--patience", "1000"]
+
+
+def start_training(data, out, *flags):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, "train.py", "--data-dir", data, "--output-dir", out,
-                             "--epochs", str(epochs), *FAST], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "train.py", "--data-dir", data, "--output-dir", out, *RUN, *flags],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_epochs(proc, out, count, timeout=240):
+def stop_with_epochs_left(proc, out, how, timeout=240):
+    """Sends `how` once an epoch is done, while the run provably has epochs left, whatever the machine's speed.
+
+    The process is frozen (SIGSTOP) while history.csv is read: with k <= EPOCHS - 2 epochs written there, epoch
+    k + 2 cannot have begun, and a stop request ends the run at the latest after the epoch in progress.
+    Returns the epochs done when it was frozen.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if len(history_epochs(out)) >= count:
-            return
-        time.sleep(0.05)
+        if history_epochs(out):
+            proc.send_signal(signal.SIGSTOP)
+            done = len(history_epochs(out))
+            assert done <= EPOCHS - 2, f"{done} of {EPOCHS} epochs before the run could be frozen"
+            proc.send_signal(how)
+            proc.send_signal(signal.SIGCONT)
+            return done
+        time.sleep(0.005)
     raise AssertionError(f"no completed epoch in time (exit {proc.poll()})")
+
+
+def file_states(out):
+    """Every file under `out` with its bytes: to show that a refused command left them untouched."""
+    states = {}
+    for root, _, files in os.walk(out):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                states[os.path.relpath(os.path.join(root, name), out)] = f.read()
+    return states
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupted_training_resumes_with_every_epoch_once(tmp_path, how, ctrl_c_reaches_children):
     data = write_tree(tmp_path / "AD_NC", n_train=6, n_test=2)
     out = str(tmp_path / "out")
-    epochs = 8  # a tiny epoch takes about 0.15 s: enough left to run when the signal comes after the first
-    proc = start_training(data, out, epochs)
-    wait_for_epochs(proc, out, 1)
-    proc.send_signal(how)
+    proc = start_training(data, out)
+    done_when_frozen = stop_with_epochs_left(proc, out, how)
     _, err = proc.communicate(timeout=120)
     if how != signal.SIGKILL:  # a clean stop: one message, no traceback
-        assert proc.returncode == 130 and "resume" in err and "Traceback" not in err, err[-2000:]
+        assert proc.returncode == 130, err[-2000:]
+        assert err.count("interrupted (") == 1 and "resume" in err and "Traceback" not in err, err[-2000:]
+    else:
+        assert proc.returncode == -signal.SIGKILL
     done = history_epochs(out)
-    assert 1 <= len(done) < epochs and os.path.isdir(os.path.join(out, "backup"))
+    assert done_when_frozen <= len(done) <= done_when_frozen + 1 and done == list(range(len(done)))
+    assert os.listdir(os.path.join(out, "backup")) == [f"epoch-{len(done):06d}"]
 
-    result = run_script("train.py", "--data-dir", data, "--output-dir", out, "--epochs", str(epochs), *FAST)
+    if how == signal.SIGTERM:  # another run's command is refused, naming the setting, and changes nothing
+        before = file_states(out)
+        other = run_script("train.py", "--data-dir", data, "--output-dir", out, *RUN, "--seed", "7")
+        assert other.returncode == 2 and "Traceback" not in other.stderr
+        (line,) = other.stderr.strip().splitlines()
+        assert "--seed (backup 1337, now 7)" in line and "--restart" in line, line
+        assert file_states(out) == before
+
+    result = run_script("train.py", "--data-dir", data, "--output-dir", out, *RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed" in result.stdout
-    assert history_epochs(out) == list(range(epochs)), "every epoch exactly once"
+    assert history_epochs(out) == list(range(EPOCHS)), "every epoch exactly once"
     assert not os.path.exists(os.path.join(out, "backup")), "a finished run leaves no backup"
     assert not [f for f in os.listdir(out) if "partial" in f]
 
-    if how == signal.SIGKILL:
-        fresh = run_script("train.py", "--data-dir", data, "--output-dir", str(tmp_path / "other"), "--epochs", "1",
-                           *FAST)
-        assert fresh.returncode == 0 and "resumed" not in fresh.stdout
+
+def test_restart_discards_a_backup_that_cannot_be_checked(tmp_path):
+    data = write_tree(tmp_path / "AD_NC", n_train=4, n_test=2)
+    out = tmp_path / "out"
+    (out / "backup").mkdir(parents=True)
+    for name in ("checkpoint", "ckpt-3.index", "ckpt-3.data-00000-of-00001"):  # an older train.py's backup
+        (out / "backup" / name).write_text("old")
+    refused = run_script("train.py", "--data-dir", data, "--output-dir", str(out), *FAST, "--epochs", "1")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "--restart" in refused.stderr and (out / "backup" / "ckpt-3.index").exists()
+    fresh = run_script("train.py", "--data-dir", data, "--output-dir", str(out), *FAST, "--epochs", "1", "--restart")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "discarded" in fresh.stdout and "resumed" not in fresh.stdout
+    assert history_epochs(str(out)) == [0] and not (out / "backup").exists()
+
+
+def test_a_linked_backup_folder_is_refused(tmp_path):
+    data = write_tree(tmp_path / "AD_NC", n_train=4, n_test=2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").mkdir()
+    os.symlink(elsewhere, tmp_path / "out" / "backup")
+    result = run_script("train.py", "--data-dir", data, "--output-dir", str(tmp_path / "out"), *FAST, "--epochs", "1")
+    assert result.returncode == 2 and "symbolic link" in result.stderr and not os.listdir(elsewhere)
