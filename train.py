@@ -443,6 +443,7 @@ def finish(model, state, args, run):
 def train_into(args, run, split, stop):
     """The training run, top to bottom: data, model, restore, pipeline, the epoch loop, finish."""
     train_set, val_set = load_data(args, split)
+    stop.check()  # reading a large tree takes a while; nothing is written yet
     plan = plan_batches(args, len(train_set.images), run.replicas)
     model, optimizer = build_model(args, run, plan)
     state = TrainingState(model, optimizer)
