@@ -25,7 +25,16 @@ class DepthToSpace(keras.layers.Layer):
         self.upscale_factor = int(upscale_factor)
 
     def call(self, inputs):
-        return tf.nn.depth_to_space(inputs, self.upscale_factor)
+        # A reshape-transpose-reshape, not tf.nn.depth_to_space: the same pixel
+        # order, but TensorFlow's DepthToSpace kernel runs on one thread and
+        # took 4x longer (1.7 against 0.4 ms for a batch of 16 64x64x16, float32
+        # or bfloat16, 2-core EPYC); its gradient (SpaceToDepth) likewise.
+        r = self.upscale_factor
+        batch, height, width = tf.unstack(tf.shape(inputs)[:3])
+        channels = inputs.shape[-1] // (r * r)
+        x = tf.reshape(inputs, [batch, height, width, r, r, channels])
+        x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
+        return tf.reshape(x, [batch, height * r, width * r, channels])
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
