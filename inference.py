@@ -35,8 +35,11 @@ from tensorflow_env import keras, tf
 
 # --- Loading -----------------------------------------------------------------
 
-def load_model(path):
-    """Loads a one-channel .keras ESPCN with safe_mode on; ValueError naming the file if it cannot."""
+def load_model(path, precision=constants.PREDICT_PRECISION):
+    """Loads a one-channel .keras ESPCN with safe_mode on; ValueError naming the file if it cannot.
+
+    The model is returned rebuilt to compute under `precision` (see modules.inference_model).
+    """
     if not os.path.isfile(path):
         raise ValueError(f"--model {path}: no such file")
     if not path.endswith(".keras") or not zipfile.is_zipfile(path):
@@ -47,7 +50,7 @@ def load_model(path):
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"--model {path}: cannot be loaded ({reason[:200]})") from None
     check_is_espcn(model, path)
-    return modules.as_float32(model)
+    return modules.inference_model(model, precision)
 
 
 def check_is_espcn(model, path):
