@@ -1,24 +1,41 @@
 """Measure training and inference speed of the default ESPCN on this machine.
 
-usage: python benchmark.py [--batch-size 16] [--precision auto] [--jit auto] [--repeats 5] [--json]
+usage: python benchmark.py [--batch-size 16] [--precision auto] [--predict-precision auto] [--jit auto]
+                           [--repeats 5] [--skip-volume] [--json]
 
 Reports, for 64x64 -> 256x256 x4 batches of random data after warm-up, the
-median over several repeats of training and inference images per second, the
-GFLOP/s they achieve against this machine's measured matrix-multiply peak,
-and the per-epoch time of train.py's real input pipeline on the embedded data
-(pipeline alone, so one can see it never starves the model).  With --json the
-last line printed is one JSON object with the results.
+median over several repeats of:
+- training images per second (train.py's training step);
+- inference images per second of the very function predict.py runs on the
+  user's planes (inference.upscale_stack: batching, edge padding, tiling,
+  clipping) on the model as predict.py loads it (inference.load_model, so its
+  precision too), and of the bare model call, for comparison with other
+  frameworks;
+- the GFLOP/s these achieve against this machine's measured matrix-multiply peak;
+then the end-to-end slices per second of `predict.py --input VOLUME.nii.gz` on
+a generated 64-slice 256x256 int16 NIfTI volume (reading and writing
+included; run in-process through predict.main, so TensorFlow's start-up is
+excluded), and the per-epoch time of train.py's real input pipeline on the
+embedded data (pipeline alone, so one can see it never starves the model).
+With --json the last line printed is one JSON object with the results.
 """
+import contextlib
+import io
 import json
 import os
-import platform
 import statistics
 import sys
+import tempfile
 import time
+
+import nibabel as nib
+import numpy as np
 
 import constants
 import dataset
+import inference
 import modules
+import predict
 from cli import OneLineErrorParser, positive_int
 from tensorflow_env import keras, tf
 
@@ -28,6 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=positive_int, default=constants.BATCH_SIZE)
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
                         default=constants.PRECISION)
+    parser.add_argument("--predict-precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+                        default=constants.PREDICT_PRECISION,
+                        help="precision of the inference figures (the NIfTI run uses predict.py's own default)")
     parser.add_argument("--jit", choices=("auto", "on", "off"), default=constants.JIT,
                         help="XLA for the training step, as train.py's --jit")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats; the median is reported")
@@ -35,6 +55,9 @@ def parse_args(argv=None):
     parser.add_argument("--input-size", type=positive_int, default=64, help="low-resolution side, pixels")
     parser.add_argument("--data-dir", default=constants.DATA_DIR, help="for the input-pipeline epoch time")
     parser.add_argument("--skip-pipeline", action="store_true", help="do not time the input pipeline")
+    parser.add_argument("--volume-slices", type=positive_int, default=64, help="slices of the end-to-end NIfTI volume")
+    parser.add_argument("--volume-size", type=positive_int, default=256, help="in-plane side of that volume, pixels")
+    parser.add_argument("--skip-volume", action="store_true", help="do not time predict.py on a NIfTI volume")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return parser.parse_args(argv)
 
@@ -72,10 +95,18 @@ def time_repeats(run_once, repeats, images_per_run):
     return statistics.median(rates)
 
 
-def benchmark_model(args, policy):
-    """Median train and inference images/s on random data."""
+def served_model(model, directory, precision):
+    """The model as predict.py serves it: saved, then loaded by inference.load_model under `precision`."""
+    path = os.path.join(directory, constants.MODEL_FILENAME)
+    model.save(path)
+    return inference.load_model(path, precision), path
 
 
+def benchmark_model(args, policy, directory):
+    """Median images/s of training, of predict.py's inference and of the bare model call, on random data.
+
+    Returns (model, served model, its saved path, rates, jit).
+    """
     keras.mixed_precision.set_global_policy(policy)
     model = modules.get_model(constants.UPSCALE_FACTOR)
     optimizer = keras.optimizers.Adam(constants.LEARNING_RATE)
@@ -87,7 +118,9 @@ def benchmark_model(args, policy):
     size, factor, batch = args.input_size, constants.UPSCALE_FACTOR, args.batch_size
     x = tf.random.uniform((args.steps, batch, size, size, 1))
     y = tf.random.uniform((args.steps, batch, size * factor, size * factor, 1))
-    infer = tf.function(lambda inputs: model(inputs, training=False))  # XLA measured slower here
+    served, path = served_model(model, directory, args.predict_precision)
+    bare = tf.function(lambda inputs: served(inputs, training=False))  # XLA measured slower here
+    planes = x.numpy()[..., 0].reshape(-1, size, size)
 
     def train_once():
         for i in range(args.steps):
@@ -95,15 +128,56 @@ def benchmark_model(args, policy):
         float(loss)
 
     def infer_once():
+        # What predict.py runs on every plane the user gives it (evaluation.py calls the same
+        # function; images and volumes call inference.upscale_planes, which it wraps).
+        inference.upscale_stack(served, planes, args.batch_size)
+
+    def bare_model_once():
         for i in range(args.steps):
-            out = infer(x[i])
+            out = bare(x[i])
         out.numpy()
 
-    for warm in (train_once, infer_once):
+    for warm in (train_once, infer_once, bare_model_once):
         warm()
-    train_rate = time_repeats(train_once, args.repeats, args.steps * batch)
-    infer_rate = time_repeats(infer_once, args.repeats, args.steps * batch)
-    return model, train_rate, infer_rate, jit
+    rates = {"train": time_repeats(train_once, args.repeats, args.steps * batch),
+             "infer": time_repeats(infer_once, args.repeats, args.steps * batch),
+             "model_infer": time_repeats(bare_model_once, args.repeats, args.steps * batch)}
+    return model, served, path, rates, jit
+
+
+def phantom_volume(slices, size, seed=0):
+    """An int16 (size, size, slices) head-like volume: a smooth ellipsoid with texture and noise on black."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
+    volume = np.zeros((size, size, slices), np.float32)
+    for k in range(slices):
+        z = (k + 0.5) / slices - 0.5
+        inside = (yy / 0.42) ** 2 + (xx / 0.36) ** 2 + (z / 0.6) ** 2 < 1
+        texture = 600 + 250 * np.sin(xx * 40 + z * 7) * np.cos(yy * 33 - z * 5)
+        volume[..., k] = np.where(inside, texture + rng.normal(0, 20, inside.shape), 0)
+    return np.clip(volume, 0, 32767).astype(np.int16)
+
+
+def volume_seconds(model_path, slices, size, directory):
+    """Seconds of `predict.py --input VOLUME.nii.gz` in-process, first run and a second (warm) run.
+
+    Reading, scaling, inference and writing the x4 .nii.gz are all timed;
+    TensorFlow's import is not (it happened when this script started).
+    """
+    volume_path = os.path.join(directory, "volume.nii.gz")
+    nib.save(nib.Nifti1Image(phantom_volume(slices, size), np.diag([1.0, 1.0, 1.0, 1.0])), volume_path)
+    argv = ["--input", volume_path, "--model", model_path, "--output-dir", os.path.join(directory, "out")]
+    seconds = []
+    for _ in range(2):
+        log = io.StringIO()
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            code = predict.main(argv)
+        seconds.append(time.perf_counter() - start)
+        if code != 0:
+            raise RuntimeError(f"predict.py failed on the benchmark volume: {log.getvalue()[-2000:]}")
+        os.remove(os.path.join(directory, "out", "volume_x4.nii.gz"))
+    return seconds
 
 
 def pipeline_epoch_seconds(data_dir, batch_size):
@@ -118,49 +192,82 @@ def pipeline_epoch_seconds(data_dir, batch_size):
     return time.perf_counter() - start, count
 
 
-def main(argv=None):
-    args = parse_args(argv)
-
-
+def cpu_name():
+    """The CPU's model name, cores and native bfloat16 flags ("AMD EPYC, 2 cores, avx512_bf16")."""
     try:
-        policy = modules.choose_precision(args.precision)
-        peak_dtype = tf.bfloat16 if policy == "mixed_bfloat16" else tf.float16 if policy == "mixed_float16" \
-            else tf.float32
-        peak = matmul_peak_gflops(peak_dtype)
-        model, train_rate, infer_rate, jit = benchmark_model(args, policy)
-        forward = model_flops_per_image(model, args.input_size)
-        result = {
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "tensorflow": tf.__version__, "precision": policy, "jit": jit, "batch_size": args.batch_size,
-            "input_size": args.input_size,
-            "train_images_per_s": round(train_rate, 1), "infer_images_per_s": round(infer_rate, 1),
-            "train_gflops": round(train_rate * 3 * forward / 1e9, 1),
-            "infer_gflops": round(infer_rate * forward / 1e9, 1),
-            "matmul_peak_gflops": round(peak, 1),
-        }
-        result["train_fraction_of_peak"] = round(result["train_gflops"] / peak, 3)
-        result["infer_fraction_of_peak"] = round(result["infer_gflops"] / peak, 3)
-        if not args.skip_pipeline:
-            seconds, count = pipeline_epoch_seconds(args.data_dir, args.batch_size)
-            result["pipeline_epoch_s"] = round(seconds, 2)
-            result["pipeline_examples_per_epoch"] = count
-            patch_pixels = (constants.PATCH_SIZE // constants.UPSCALE_FACTOR) ** 2
-            result["model_epoch_s_at_measured_speed"] = round(
-                count * patch_pixels / args.input_size ** 2 / train_rate, 2)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        with open("/proc/cpuinfo") as info:
+            text = info.read()
+    except OSError:
+        text = ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    flags = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in text] or ["no bf16"]
+    return f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} cores, {' '.join(flags)}"
+
+
+def measure(args, directory):
+    """Every figure of the report, as a dict."""
+    policy = modules.choose_precision(args.precision)
+    peak_dtype = tf.bfloat16 if policy == "mixed_bfloat16" else tf.float16 if policy == "mixed_float16" \
+        else tf.float32
+    peak = matmul_peak_gflops(peak_dtype)
+    model, served, model_path, rates, jit = benchmark_model(args, policy, directory)
+    forward = model_flops_per_image(model, args.input_size)
+    result = {
+        "machine": cpu_name(), "tensorflow": tf.__version__, "precision": policy, "jit": jit,
+        "infer_precision": served.get_layer("conv1").dtype_policy.name, "batch_size": args.batch_size,
+        "input_size": args.input_size,
+        "train_images_per_s": round(rates["train"], 1), "infer_images_per_s": round(rates["infer"], 1),
+        "model_infer_images_per_s": round(rates["model_infer"], 1),
+        "train_gflops": round(rates["train"] * 3 * forward / 1e9, 1),
+        "infer_gflops": round(rates["model_infer"] * forward / 1e9, 1),
+        "matmul_peak_gflops": round(peak, 1),
+    }
+    result["train_fraction_of_peak"] = round(result["train_gflops"] / peak, 3)
+    result["infer_fraction_of_peak"] = round(result["infer_gflops"] / peak, 3)
+    if not args.skip_volume:
+        first, warm = volume_seconds(model_path, args.volume_slices, args.volume_size, directory)
+        result["volume"] = f"{args.volume_slices} slices of {args.volume_size}x{args.volume_size}, int16, .nii.gz"
+        result["volume_first_run_s"] = round(first, 2)
+        result["volume_slices_per_s"] = round(args.volume_slices / warm, 1)
+    if not args.skip_pipeline:
+        seconds, count = pipeline_epoch_seconds(args.data_dir, args.batch_size)
+        result["pipeline_epoch_s"] = round(seconds, 2)
+        result["pipeline_examples_per_epoch"] = count
+        patch_pixels = (constants.PATCH_SIZE // constants.UPSCALE_FACTOR) ** 2
+        result["model_epoch_s_at_measured_speed"] = round(
+            count * patch_pixels / args.input_size ** 2 / rates["train"], 2)
+    return result
+
+
+def print_report(result, args):
     out_size = args.input_size * constants.UPSCALE_FACTOR
-    print(f"precision {policy}, XLA {'on' if jit else 'off'}, batch {args.batch_size}, "
+    print(f"{result['machine']}; precision {result['precision']} (inference {result['infer_precision']}), "
+          f"XLA {'on' if result['jit'] else 'off'}, batch {args.batch_size}, "
           f"{args.input_size}x{args.input_size} -> {out_size}x{out_size}")
     print(f"train: {result['train_images_per_s']} img/s ({result['train_gflops']} GFLOP/s, "
-          f"{100 * result['train_fraction_of_peak']:.0f}% of the {peak:.0f} GFLOP/s matmul peak)")
-    print(f"infer: {result['infer_images_per_s']} img/s ({result['infer_gflops']} GFLOP/s, "
+          f"{100 * result['train_fraction_of_peak']:.0f}% of the {result['matmul_peak_gflops']:.0f} GFLOP/s "
+          f"matmul peak)")
+    print(f"infer: {result['infer_images_per_s']} img/s as predict.py runs it; bare model call "
+          f"{result['model_infer_images_per_s']} img/s ({result['infer_gflops']} GFLOP/s, "
           f"{100 * result['infer_fraction_of_peak']:.0f}% of peak)")
+    if "volume_slices_per_s" in result:
+        print(f"predict.py on a NIfTI volume ({result['volume']}), reading and writing included: "
+              f"{result['volume_slices_per_s']} slices/s (first run {result['volume_first_run_s']} s)")
     if "pipeline_epoch_s" in result:
         print(f"input pipeline: one epoch ({result['pipeline_examples_per_epoch']} crops) in "
               f"{result['pipeline_epoch_s']} s; the model needs {result['model_epoch_s_at_measured_speed']} s "
               f"for them")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="espcn-benchmark-") as directory:
+            result = measure(args, directory)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_report(result, args)
     if args.json:
         print(json.dumps(result))
     return 0

@@ -70,6 +70,9 @@ NOISE_MAX = 0.03
 # Numerical precision: "auto" picks mixed_bfloat16 on CPUs with AVX-512 BF16 /
 # AMX, mixed_float16 on GPUs, float32 otherwise.
 PRECISION = "auto"
+# Precision of predictions (predict.py, benchmark.py), chosen as PRECISION is:
+# bfloat16 on a BF16 CPU for -0.012 dB held-out PSNR (README, Performance).
+PREDICT_PRECISION = "auto"
 # XLA compilation of the training step: "auto" uses it for float32 (measured
 # +15-20% training throughput on a 2-core CPU), not for mixed precision, whose
 # speed comes from oneDNN's bfloat16 kernels that XLA:CPU does not use.

@@ -35,11 +35,14 @@ from tensorflow_env import keras, tf
 
 # --- Loading -----------------------------------------------------------------
 
-def load_model(path):
-    """Loads a one-channel .keras ESPCN with safe_mode on; ValueError naming the file if it cannot."""
+def load_model(path, precision=constants.PREDICT_PRECISION):
+    """Loads a one-channel .keras ESPCN with safe_mode on; ValueError naming the file if it cannot.
+
+    The model is returned rebuilt to compute under `precision` (see modules.inference_model).
+    """
     model = read_model_file(path)
     check_is_espcn(model, path)
-    return modules.as_float32(model)
+    return modules.inference_model(model, precision)
 
 
 def read_model_file(path):

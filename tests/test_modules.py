@@ -78,3 +78,34 @@ def test_psnr_callback_reports_mean_per_image_psnr():
     assert logs["val_psnr"] == pytest.approx(np.mean(per_image), abs=1e-3)
     assert logs["val_ssim"] == pytest.approx(float(tf.reduce_mean(tf.image.ssim(pred, y, 1.0))), abs=1e-5)
     assert logs["val_loss"] == pytest.approx(np.mean((model(x).numpy() - y) ** 2), rel=1e-4)
+
+
+@pytest.mark.parametrize("trained_under", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_inference_model_computes_under_the_asked_precision_with_a_float32_output(trained_under, precision):
+    model = modules.get_model(4, filters=(8, 8, 4), dtype=trained_under)
+    served = modules.inference_model(model, precision)
+    assert served is not model
+    assert [layer.dtype_policy.name for layer in served.layers if layer.name.startswith(("conv", "depth"))] \
+        == [precision] * 5
+    assert served.output.dtype == "float32" and keras.mixed_precision.global_policy().name == "float32"
+    for name in ("conv1", "conv2", "conv3", "conv4_linear"):
+        for got, want in zip(served.get_layer(name).get_weights(), model.get_layer(name).get_weights()):
+            assert np.array_equal(got, want), name
+    x = np.random.default_rng(0).random((2, 12, 10, 1), dtype=np.float32)
+    reference = modules.inference_model(model, "float32")(x).numpy()
+    out = served(x).numpy()
+    assert out.shape == (2, 48, 40, 1) and out.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: a few parts in a thousand of the output's range
+    tolerance = 0 if precision == "float32" else 0.02 * np.abs(reference).max()
+    assert np.abs(out - reference).max() <= tolerance
+
+
+def test_inference_model_auto_is_train_py_auto_and_strangers_are_refused():
+    model = modules.get_model(2, filters=(4, 4, 4))
+    served = modules.inference_model(model, "auto")
+    assert served.get_layer("conv1").dtype_policy.name == modules.choose_precision("auto")
+    inputs = keras.Input((None, None, 1))
+    stranger = keras.Model(inputs, modules.DepthToSpace(2)(keras.layers.Conv2D(4, 3, padding="same")(inputs)))
+    with pytest.raises(ValueError, match="not this project's ESPCN"):
+        modules.inference_model(stranger, "float32")
