@@ -52,6 +52,9 @@ def parse_args(argv=None):
                         help="low-resolution images / NIfTI volumes / folders of them to super-resolve")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
                         help="NIfTI: the slice axis (in-plane: default 2; --through-plane: the largest voxel size)")
+    parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+                        default=constants.PREDICT_PRECISION,
+                        help="auto: mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, mixed_float16 on GPUs, else float32")
     parser.add_argument("--compare", action="store_true",
                         help="with --input: downsample each (high-resolution) input and compare bicubic vs model")
     parser.add_argument("--target-size", type=target_size, default=constants.TARGET_SIZE,
@@ -280,8 +283,8 @@ def main(argv=None):
         if args.through_plane:  # its models depend on each volume's factor: through_plane.ModelSource
             return run_on_inputs(through_plane.ModelSource(args.model), args)
         model_path, origin = resolve_model_path(args.model, args.output_dir)
-        model = inference.load_model(model_path)
-        print(f"model: {model_path} ({origin})")
+        model = inference.load_model(model_path, args.precision)
+        print(f"model: {model_path} ({origin}), precision: {modules.choose_precision(args.precision)}")
         if args.input:
             return run_on_inputs(model, args)
 

@@ -44,3 +44,19 @@ def test_fast_training_paths_train_and_save_a_float32_output_model(tmp_path, fla
     assert served.output.dtype == "float32"
     x = np.random.rand(1, 8, 8, 1).astype("float32")
     assert np.allclose(served(x), model(x), atol=0.05)
+
+
+def test_predict_precision_flag_serves_the_model_in_that_precision(tmp_path, capsys):
+    import predict
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 24), dtype=np.uint8)).save(tmp_path / "s.png")
+    outputs = {}
+    for precision in ("float32", "mixed_bfloat16"):
+        out = tmp_path / precision
+        assert predict.main(["--input", str(tmp_path / "s.png"), "--output-dir", str(out),
+                             "--precision", precision]) == 0
+        assert f"precision: {precision}" in capsys.readouterr().out
+        outputs[precision] = np.asarray(Image.open(out / "s_x4.png")).astype(int)
+    difference = np.abs(outputs["float32"] - outputs["mixed_bfloat16"])
+    assert 1 <= difference.max() <= 6 and difference.mean() < 1.0  # bfloat16 rounding: served so, not another model
