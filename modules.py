@@ -297,11 +297,12 @@ def use_xla(jit, policy):
     return jit == "on" or (jit == "auto" and policy == "float32")
 
 
-def make_train_step(model, optimizer, strategy, jit):
+def make_train_step(model, optimizer, strategy, jit, loss_name=constants.LOSS):
     """A tf.function running one synchronous training step on every replica.
 
-    The loss is the per-image MSE averaged over the global batch, so gradients
-    summed across replicas are those of the whole batch.  With jit, XLA
+    The loss (per-image MSE, or mean absolute error with loss_name "l1") is
+    averaged over the global batch, so gradients summed across replicas are
+    those of the whole batch.  With jit, XLA
     compiles the forward and backward pass; the update (where replicas
     all-reduce their gradients) stays outside it, since collectives cannot be
     XLA-compiled on CPU.
@@ -311,7 +312,8 @@ def make_train_step(model, optimizer, strategy, jit):
     def loss_and_gradients(low_res, target):
         with tf.GradientTape() as tape:
             prediction = model(low_res, training=True)
-            per_image = tf.reduce_mean(tf.square(prediction - target), axis=[1, 2, 3])
+            error = prediction - target
+            per_image = tf.reduce_mean(tf.abs(error) if loss_name == "l1" else tf.square(error), axis=[1, 2, 3])
             loss = tf.nn.compute_average_loss(per_image)  # divided by the global batch
             scaled_loss = scale_loss(loss)
         return loss, tape.gradient(scaled_loss, model.trainable_variables)

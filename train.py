@@ -86,8 +86,9 @@ def parse_args(argv=None):
                         help="cosine decays the rate to 2%% over --epochs")
     parser.add_argument("--patience", type=positive_int, default=constants.PATIENCE,
                         help="epochs without a better validation loss before stopping")
-    parser.add_argument("--extra-train-dir", default=None,
-                        help="a folder of any images (e.g. scikit-image's samples) added to training, tiled")
+    parser.add_argument("--extra-train-dir", nargs="+", default=None, metavar="DIR",
+                        help="folders of any images (e.g. scikit-image's samples) added to training, tiled")
+    parser.add_argument("--loss", choices=("mse", "l1"), default=constants.LOSS, help="per-pixel training loss")
     parser.add_argument("--validation-split", type=fraction, default=constants.VALIDATION_SPLIT,
                         help="share of train/'s groups (file name up to the last '_') held out for validation, "
                              "when the tree has no validation/ folder")
@@ -176,19 +177,19 @@ NOT_IN_SETTINGS = {
 
 def run_settings(args, policy, jit, replicas, split):
     """Everything that changes what a run trains, by flag name; a backup resumes only under equal settings."""
-    extra = dataset.list_images(args.extra_train_dir) if args.extra_train_dir else []
+    extra = [path for folder in args.extra_train_dir or () for path in dataset.list_images(folder)]
     return {
         "--data-dir": os.path.abspath(args.data_dir),
         "data files": backups.files_fingerprint(split[0] + split[1]),  # the split follows from them and the seed
         "--validation-split": ("validation/ folder" if dataset.validation_source(args.data_dir) == "folder"
                                else args.validation_split),
-        "--extra-train-dir": os.path.abspath(args.extra_train_dir) if args.extra_train_dir else None,
+        "--extra-train-dir": [os.path.abspath(folder) for folder in args.extra_train_dir or ()] or None,
         "extra training files": backups.files_fingerprint(extra) if extra else None,
         "--seed": args.seed, "--upscale-factor": args.upscale_factor, "--target-size": args.target_size,
         "--through-plane-factor": args.through_plane_factor,
         "--patch-size": args.patch_size, "--patches-per-image": args.patches_per_image,
         "--augment": args.augment, "--batch-size": args.batch_size, "replicas": replicas,
-        "--learning-rate": args.learning_rate, "--lr-schedule": args.lr_schedule, "--epochs": args.epochs,
+        "--loss": args.loss, "--learning-rate": args.learning_rate, "--lr-schedule": args.lr_schedule, "--epochs": args.epochs,
         "--precision": policy, "--jit": "on" if jit else "off",  # as resolved: auto is what it picks
     }
 
@@ -234,8 +235,9 @@ def set_up(args):
     keras.mixed_precision.set_global_policy(policy)
     jit = modules.use_xla(args.jit, policy)
     print(f"precision: {policy}, XLA: {'on' if jit else 'off'}")
-    if args.extra_train_dir and not os.path.isdir(args.extra_train_dir):
-        raise ValueError(f"--extra-train-dir {args.extra_train_dir}: no such directory")
+    for folder in args.extra_train_dir or ():
+        if not os.path.isdir(folder):
+            raise ValueError(f"--extra-train-dir {folder}: no such directory")
     dataset.prepare_data_dir(args.data_dir)
     split = dataset.train_validation_paths(args.data_dir, args.validation_split, args.seed)
     settings = run_settings(args, policy, jit, strategy.num_replicas_in_sync, split)
@@ -251,8 +253,8 @@ def load_data(args, split):
     val = dataset.load_slices(split[1], args.target_size)
     if len(train.paths) == 0:
         raise ValueError(f"--data-dir {args.data_dir}: no usable training image in train/")
-    if args.extra_train_dir:
-        extra = load_extra_images(args.extra_train_dir, args.target_size)
+    for folder in args.extra_train_dir or ():
+        extra = load_extra_images(folder, args.target_size)
         train = dataset.Split(np.concatenate([train.images, extra.images]), train.paths + extra.paths)
     if len(val.paths) == 0:  # tiny sets: validate on the training slices rather than not at all
         print("note: no usable validation image; validating on the training slices")
@@ -448,7 +450,7 @@ def train_into(args, run, split, stop):
     model, optimizer = build_model(args, run, plan)
     state = TrainingState(model, optimizer)
     restore(state, run, args.epochs)
-    train_step = modules.make_train_step(model, optimizer, run.strategy, run.jit)
+    train_step = modules.make_train_step(model, optimizer, run.strategy, run.jit, args.loss)
     batches = training_batches(args, run, train_set.images, plan, first_epoch=state.epochs_done)
     callbacks, psnr_callback = make_callbacks(args, run, model, val_set.images, plan)
     stop.check()

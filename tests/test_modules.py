@@ -109,3 +109,13 @@ def test_inference_model_auto_is_train_py_auto_and_strangers_are_refused():
     stranger = keras.Model(inputs, modules.DepthToSpace(2)(keras.layers.Conv2D(4, 3, padding="same")(inputs)))
     with pytest.raises(ValueError, match="not this project's ESPCN"):
         modules.inference_model(stranger, "float32")
+
+
+def test_l1_training_step_reports_mean_absolute_error():
+    model = modules.get_model(4)
+    strategy = tf.distribute.get_strategy()
+    optimizer = keras.optimizers.SGD(learning_rate=0.0)
+    x, y = tf.random.uniform((2, 8, 8, 1), seed=2), tf.random.uniform((2, 32, 32, 1), seed=3)
+    expected = float(tf.reduce_mean(tf.abs(model(x) - y)))
+    loss = float(modules.make_train_step(model, optimizer, strategy, jit=False, loss_name="l1")((x, y)))
+    assert abs(loss - expected) < 1e-5
