@@ -1,6 +1,6 @@
 """Synthetic head slices for training: skull, scalp, random contrasts, bias, noise, resolutions.
 
-usage: python synthetic_heads.py --output-dir data/synthetic [--variants 6] [--step 4] [--seed 1337]
+usage: python synthetic_heads.py --output-dir data/synthetic [--variants 6] [--step 8] [--seed 1337]
 
 Users feed whole heads (skull, scalp, fat, a noisy background), of any contrast,
 at in-plane resolutions other than 1 mm; the MNI152 template is one smooth,
@@ -56,9 +56,10 @@ BIAS_AMPLITUDE_MAX = 0.35       # smooth multiplicative field, exp(+-0.35) at mo
 NOISE_RANGE = (0.005, 0.05)     # Rician noise std over the image peak, log-uniform
 TEXTURE_MAX = 0.12              # smooth within-label intensity variation (relative)
 PEAK_PERCENTILE = 99.8          # the 8-bit export's white point, as a viewer scales a scan
+HULL_SMOOTHING_MM = 5.0         # the brain mask's blur that gives the skull's inner surface
 HEAD_MARGIN = 24                # voxels of room around the brain for the shells
-VARIANTS = 6                    # random heads per training block
-SLICE_STEP = 4                  # every n-th slice of each orientation (neighbours are near-identical)
+VARIANTS = 6                    # random heads (contrasts, shells) per training block
+SLICE_STEP = 8                  # every n-th slice of each orientation (neighbours are near-identical)
 
 
 def tissue_maps():
@@ -89,9 +90,11 @@ def head_weights(maps, rng, pad):
     """
     maps = {name: np.pad(values, pad) for name, values in maps.items()}
     brain = np.clip(maps["grey"] + maps["white"] + maps["csf"], 0.0, 1.0)
-    outside = ndimage.distance_transform_edt(brain < 0.5).astype(np.float32)
+    # The skull follows a smooth hull of the brain, not each lobe: CSF fills the space between.
+    hull = (ndimage.gaussian_filter(brain, HULL_SMOOTHING_MM) > 0.25) | (brain > 0.5)
+    outside = ndimage.distance_transform_edt(~hull).astype(np.float32)
     weights = {name: np.zeros_like(brain) for name in LABELS}
-    weights.update(grey=maps["grey"], white=maps["white"], csf=maps["csf"].copy())
+    weights.update(grey=maps["grey"], white=maps["white"], csf=maps["csf"] + hull * (1.0 - brain))
     inner = np.zeros_like(brain)
     coarse = tuple(max(2, n // 8) for n in brain.shape)
     for label, (low, high) in SHELLS:

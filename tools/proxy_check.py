@@ -14,7 +14,8 @@ rounded to 8 bits.  None of it is training data:
   `example4d.nii.gz` (a real head, 128x96);
 - synthetic: heads made by synthetic_heads.py from the TEST slab of the
   template (which no training slice touches) in four preset contrasts (T1,
-  T2, PD, FLAIR) with fixed draws (seed 2026);
+  T2, PD, FLAIR) with fixed draws (seed 2026), committed as PNGs in
+  tools/proxy_slices/ so the proxy does not move when the generator does;
 - general: matplotlib's `grace_hopper.jpg` (luma), a natural photograph.
 
 Not a test: it runs predict.py once (about 20 s) and prints one line per
@@ -43,6 +44,9 @@ import synthetic_heads  # noqa: E402
 
 FACTOR = 4
 PROXY_SEED = 2026
+# synthetic_test_slab_slices as made by synthetic_heads.py at the commit that added this tool; committed, so
+# that changing the generator does not change the proxy (--remake-synthetic writes them again).
+FROZEN_DIR = os.path.join(ROOT, "tools", "proxy_slices")
 
 
 def to_uint8(values):
@@ -81,6 +85,18 @@ def synthetic_test_slab_slices():
         yield f"synthetic_test_slab_{contrast}", np.round(plane * 255.0).astype(np.uint8)
 
 
+def frozen_synthetic_slices():
+    """The committed copies of synthetic_test_slab_slices: the proxy stays fixed while the generator changes."""
+    for name in sorted(os.listdir(FROZEN_DIR)):
+        yield name[:-len(".png")], dataset.read_slice(os.path.join(FROZEN_DIR, name))
+
+
+def write_frozen_synthetic_slices():
+    os.makedirs(FROZEN_DIR, exist_ok=True)
+    for name, image in synthetic_test_slab_slices():
+        Image.fromarray(image).save(os.path.join(FROZEN_DIR, f"{name}.png"))
+
+
 def general_slices():
     path = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
     yield "general_grace_hopper", dataset.read_slice(path)
@@ -88,7 +104,7 @@ def general_slices():
 
 def proxy_slices():
     """Every proxy slice, cropped to a multiple of 4."""
-    for source in (real_slices, synthetic_test_slab_slices, general_slices):
+    for source in (real_slices, frozen_synthetic_slices, general_slices):
         for name, image in source():
             yield name, crop_to_factor(image)
 
@@ -149,7 +165,11 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="a .keras model (default: predict.py's own choice)")
     parser.add_argument("--work-dir", default=None, help="keep the proxy PNGs and outputs here")
     parser.add_argument("--json", default=None, help="also write the scores here")
+    parser.add_argument("--remake-synthetic", action="store_true",
+                        help="first rewrite tools/proxy_slices/ with the current synthetic_heads.py")
     args = parser.parse_args(argv)
+    if args.remake_synthetic:
+        write_frozen_synthetic_slices()
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = args.work_dir or scratch
         os.makedirs(work_dir, exist_ok=True)
