@@ -103,7 +103,7 @@ def head_weights(maps, rng, pad):
         outer = inner + low + (high - low) * variation
         # Soft edges (0.5 mm logistic) give partial volume between shells.
         share = 1.0 / (1.0 + np.exp(-(outside - inner) / 0.5)) - 1.0 / (1.0 + np.exp(-(outside - outer) / 0.5))
-        weights[label] += share * (1.0 - brain)
+        weights[label] += share * (1.0 - brain) * ~hull  # inside the hull it is brain or CSF already
         inner = outer
     weights["background"] = np.clip(1.0 - sum(weights.values()), 0.0, 1.0)
     return weights
