@@ -14,7 +14,7 @@ size, blurred (partial volume), multiplied by a smooth bias field, given Rician
 noise (the background too) and written as an 8-bit PNG.
 
 Only the TRAINING blocks of the embedded sample are used (dataset.sample_slab_ranges:
-the blocks above and below the central test slab, minus the gap); each block
+the bottom and top blocks, away from the validation and test slabs and their gaps); each block
 is synthesised on its own, so no test voxel reaches a training slice.  Feed the
 output to train.py with --extra-train-dir.  `synthesize_slab` is also used by
 tools/proxy_check.py to make held-out heads from the TEST slab.
@@ -181,9 +181,9 @@ def synthesize_slab(maps, rng, pad, means=None):
 
 
 def training_blocks(maps):
-    """The tissue maps cut to the embedded sample's two training blocks (test slab and gaps left out)."""
-    below, _, above = dataset.sample_slab_ranges(maps["grey"].shape[2])
-    return [{name: values[:, :, start:stop] for name, values in maps.items()} for start, stop in (below, above)]
+    """The tissue maps cut to the embedded sample's two training blocks (validation and test slabs and gaps left out)."""
+    blocks = dataset.sample_slab_ranges(maps["grey"].shape[2])["train"]
+    return [{name: values[:, :, start:stop] for name, values in maps.items()} for start, stop in blocks]
 
 
 def block_slices(volume, rng, step=SLICE_STEP, min_tissue=0.02):

@@ -14,10 +14,11 @@ def test_training_blocks_leave_out_the_test_slab_and_its_gaps():
     maps = {name: np.broadcast_to(np.arange(depth, dtype=np.float32), (3, 4, depth)) for name in ("grey", "white", "csf")}
     blocks = synthetic_heads.training_blocks(maps)
     used = np.concatenate([block["grey"][0, 0] for block in blocks]).astype(int)
-    _, (start, stop), _ = dataset.sample_slab_ranges(depth)
+    ranges = dataset.sample_slab_ranges(depth)
     assert len(blocks) == 2 and used.size > 0
-    assert not np.any((used >= start - dataset.constants.SAMPLE_GAP_SLICES) &
-                      (used < stop + dataset.constants.SAMPLE_GAP_SLICES))
+    gap = dataset.constants.SAMPLE_GAP_SLICES
+    for start, stop in ranges["test"] + ranges["validation"]:
+        assert not np.any((used >= start - gap) & (used < stop + gap))
 
 
 def test_shells_surround_the_brain_and_weights_sum_to_one():
@@ -60,6 +61,7 @@ def test_several_extra_train_dirs_all_join_training(tmp_path):
             Image.fromarray(np.full((64, 64), 100 + i, np.uint8)).save(tmp_path / name / f"{i}.png")
         extras.append(str(tmp_path / name))
     args = train.parse_args(["--data-dir", data_dir, "--extra-train-dir", *extras])
-    plain, _ = train.load_data(train.parse_args(["--data-dir", data_dir]))
-    with_extras, _ = train.load_data(args)
+    split = dataset.train_validation_paths(data_dir, args.validation_split, args.seed)
+    plain, _ = train.load_data(train.parse_args(["--data-dir", data_dir]), split)
+    with_extras, _ = train.load_data(args, split)
     assert len(with_extras.paths) == len(plain.paths) + 5

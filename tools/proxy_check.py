@@ -74,7 +74,7 @@ def synthetic_test_slab_slices():
     """(name, uint8 slice): heads made from the template's test slab only, one per preset contrast."""
     rng = np.random.default_rng(PROXY_SEED)
     maps = synthetic_heads.tissue_maps()
-    _, (start, stop), _ = dataset.sample_slab_ranges(maps["grey"].shape[2])
+    (start, stop), = dataset.sample_slab_ranges(maps["grey"].shape[2])["test"]
     slab = {name: values[:, :, start:stop] for name, values in maps.items()}
     margin = synthetic_heads.HEAD_MARGIN
     pad = ((margin, margin),) * 3
