@@ -19,7 +19,6 @@ is synthesised on its own, so no test voxel reaches a training slice.  Feed the
 output to train.py with --extra-train-dir.  `synthesize_slab` is also used by
 tools/proxy_check.py to make held-out heads from the TEST slab.
 """
-import argparse
 import os
 import sys
 
