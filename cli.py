@@ -23,6 +23,24 @@ def positive_int(text):
     return value
 
 
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def upscale_factor(text):
+    """A factor the models can be built for: 2 to 8 (1 would leave the image as it is)."""
+    value = positive_int(text)
+    if not 2 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"must be 2 to 8, got {value}")
+    return value
+
+
 def write_atomically(path, write):
     """Calls write(tmp_path), then renames tmp_path to path: `path` is never half-written.
 

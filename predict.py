@@ -33,7 +33,8 @@ import inference
 import modules
 import through_plane
 import volumes
-from cli import OneLineErrorParser, check_output_dir, positive_int, target_size, write_atomically
+from cli import (OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size, upscale_factor,
+                 write_atomically)
 
 
 # --- Command line ------------------------------------------------------------
@@ -75,7 +76,7 @@ def parse_args(argv=None):
 def add_through_plane_flags(parser):
     parser.add_argument("--through-plane", action="store_true",
                         help="NIfTI: refine thick slices into fine ones (between the slices) instead of in-plane")
-    parser.add_argument("--through-plane-factor", type=through_plane_factor, default=None,
+    parser.add_argument("--through-plane-factor", type=upscale_factor, default=None,
                         help="slices made this many times finer (default: slice thickness / in-plane voxel size; "
                              f"{constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
     parser.add_argument("--through-plane-seconds", type=positive_float, default=constants.THROUGH_PLANE_SECONDS,
@@ -84,23 +85,6 @@ def add_through_plane_flags(parser):
                         help="fine-tune the pretrained through-plane model on each volume's own fine planes")
     parser.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
                         help="how a thick slice was made from fine ones: box (mean, no gap) or gaussian")
-
-
-def through_plane_factor(text):
-    value = positive_int(text)
-    if not 2 <= value <= 8:
-        raise argparse.ArgumentTypeError(f"must be 2 to 8 (a factor of 1 leaves the volume as it is), got {value}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 # --- Model -------------------------------------------------------------------

@@ -36,7 +36,8 @@ import constants  # noqa: E402
 import dataset  # noqa: E402
 import modules  # noqa: E402
 from backups import TrainingState  # noqa: E402
-from cli import OneLineErrorParser, check_output_dir, positive_int, target_size, write_atomically  # noqa: E402
+from cli import (OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size,  # noqa: E402
+                 upscale_factor, write_atomically)
 from tensorflow_env import keras, tf  # noqa: E402
 
 
@@ -49,27 +50,10 @@ def non_negative_int(text):
     return value
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def fraction(text):
     value = positive_float(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def upscale_factor(text):
-    value = positive_int(text)
-    if not 2 <= value <= 8:
-        raise argparse.ArgumentTypeError(f"the model can upscale x2 to x8, got {value}")
     return value
 
 
