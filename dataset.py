@@ -31,6 +31,7 @@ from tensorflow_env import tf
 @dataclass
 class Split:
     """Decoded slices of one split: uint8 (N, size, size) and their files."""
+
     images: np.ndarray
     paths: list
 
@@ -117,7 +118,6 @@ def load_slices(paths, size=constants.TARGET_SIZE, progress=True, tile=False):
     Unusable files get one warning each and are left out.  With tile=True a
     large image gives all its size x size tiles instead of its centre.
     """
-
     images, kept = [], []
     for path in tqdm(paths, desc="reading slices", unit="img", disable=not progress, leave=False):
         try:
@@ -253,7 +253,6 @@ def crop_at_tissue(images, boxes, patch, seed):
 
     Batched: the crops are gathered by index, one op for the whole batch.
     """
-
     size = tf.shape(images)[1]
     boxes = tf.cast(boxes, tf.float32)
     centre = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed)
@@ -284,7 +283,6 @@ def augment_target(targets, seed):
     T2/PD-like image (bright fluid, dark white matter); noise goes on tissue
     only, so a black background stays exactly black.
     """
-
     seeds = tf.random.experimental.stateless_split(seed, 3)
     targets = random_dihedral(targets, seeds[0])
     draw = tf.random.stateless_uniform([4, tf.shape(targets)[0], 1, 1, 1], seeds[1])
@@ -319,7 +317,6 @@ def without_autotune(data, parallel=constants.PIPELINE_PARALLEL_BATCHES):
     ~1 s on a 2-core machine (measured on the validation set); fixed
     parallelism and prefetch of a few whole batches keep the model fed.
     """
-
     options = tf.data.Options()
     options.autotune.enabled = False
     options.threading.private_threadpool_size = parallel
@@ -344,7 +341,6 @@ def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, p
     instead of once per crop (0.85 -> 0.5 s of CPU an epoch on 2 cores, time
     the training step would otherwise lose).
     """
-
     patch = effective_patch(patch, images.shape[1], factor)
     n_examples = len(images) * (patches_per_image if patch else 1)
     images_t, boxes_t = tf.constant(images), tf.constant(tissue_boxes(images))
