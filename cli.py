@@ -1,6 +1,7 @@
 """Command-line pieces shared by train.py, predict.py and benchmark.py."""
 import argparse
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -69,6 +70,15 @@ def current_umask():
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def write_json(path, values):
+    """Writes `values` as indented JSON to `path`, atomically (write_atomically)."""
+    def write(tmp_path):
+        with open(tmp_path, "w") as out:
+            json.dump(values, out, indent=2)
+
+    write_atomically(path, write)
 
 
 def check_output_dir(output_dir):

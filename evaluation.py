@@ -1,5 +1,4 @@
 """Model versus bicubic: scores over the test split, the comparison figure, and --compare on the user's files."""
-import json
 import os
 
 import numpy as np
@@ -12,7 +11,7 @@ import dataset
 import inference
 import modules
 import volumes
-from cli import write_atomically
+from cli import write_atomically, write_json
 
 
 def scores(prediction, target):
@@ -57,12 +56,7 @@ def run_evaluation(model, data_dir, output_dir, batch_size, size, figure_images)
     test, results = evaluate_test_split(model, data_dir, batch_size, size)
     summary = summarise(results)
     json_path = os.path.join(output_dir, "evaluation.json")
-
-    def write_json(tmp_path):
-        with open(tmp_path, "w") as out:
-            json.dump(summary, out, indent=2)
-
-    write_atomically(json_path, write_json)
+    write_json(json_path, summary)
     count = min(figure_images, len(test.paths))
     picks = np.linspace(0, len(test.paths) - 1, count).round().astype(int)
     rows = comparison_rows(model, dataset.to_unit_float(test.images[picks]).numpy(),

@@ -22,7 +22,6 @@ slices.  The method is SMORE's idea with the seed's small ESPCN:
 The baseline is cubic B-spline interpolation along the slice axis
 (`cubic_spline`), what viewers and scanner consoles do.
 """
-import json
 import os
 import time
 
@@ -34,7 +33,7 @@ import constants
 import inference
 import modules
 import volumes
-from cli import write_atomically
+from cli import write_atomically, write_json
 from tensorflow_env import keras, tf
 
 
@@ -443,13 +442,8 @@ def compare_on_volume(source, path, out_path, axis, factor, settings, progress=N
                **{f"{name.replace(' ', '_')}_{key}": value for name, output in outputs.items()
                   for key, value in scores(output, fine, axis).items()}}
     save_reformat_figure(thick, outputs, fine, axis, factor, results, out_path)
-    write_atomically(os.path.splitext(out_path)[0] + ".json", lambda tmp: write_json(results, tmp))
+    write_json(os.path.splitext(out_path)[0] + ".json", results)
     return results
-
-
-def write_json(values, path):
-    with open(path, "w") as out:
-        json.dump(values, out, indent=2)
 
 
 def save_reformat_figure(thick, outputs, fine, axis, factor, results, path):
