@@ -176,16 +176,6 @@ class ModelSource:
         return self.cache[factor]
 
 
-def built_under(policy, build):
-    """The model `build()` makes under the Keras dtype policy `policy` (the global policy is restored)."""
-    saved = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        return build()
-    finally:
-        keras.mixed_precision.set_global_policy(saved)
-
-
 def training_precision():
     """mixed_bfloat16 for adaptation on CPUs with native bfloat16 math, else float32.
 
@@ -254,7 +244,7 @@ def adapt(start, planes, factor, seconds, profile=constants.SLICE_PROFILE, progr
         (float32 model, number of training steps).
     """
     policy = training_precision()
-    model = built_under(policy, lambda: modules.get_model_1d(factor))
+    model = modules.get_model_1d(factor, dtype=policy)
     if start is not None:
         model.set_weights(start.get_weights())
     base_rate = constants.ADAPT_LEARNING_RATE if start is not None else constants.ADAPT_SCRATCH_LEARNING_RATE
@@ -268,10 +258,7 @@ def adapt(start, planes, factor, seconds, profile=constants.SLICE_PROFILE, progr
         step(*crops.batch(constants.ADAPT_BATCH_SIZE))
         steps += 1
         advance_to(progress, began)
-    result = modules.get_model_1d(factor) if policy != "float32" else model
-    if result is not model:
-        result.set_weights(model.get_weights())
-    return result, steps
+    return modules.as_float32(model), steps
 
 
 # --- Inference ---------------------------------------------------------------------------
