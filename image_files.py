@@ -35,7 +35,7 @@ def super_resolve(model, image, batch_size=constants.PREDICT_BATCH_SIZE):
         values, nan_mask, n_nan, n_inf = inference.finite_copy(np.asarray(image, np.float32))
         out = upscale_grey(model, values, np.float32, batch_size, nan_mask=nan_mask)
         note = inference.non_finite_warning(n_nan, n_inf, nan_kept=True)
-        return Image.fromarray(out, mode="F"), ".tif", join(warning, note)
+        return Image.fromarray(out, mode="F"), ".tif", inference.join_warnings(warning, note)
     if image.mode == "I":  # 32-bit integers: PNG holds 16 bits at most, TIFF holds them all
         return Image.fromarray(upscale_grey(model, np.asarray(image), np.int32, batch_size)), ".tif", warning
     if image.mode in HIGH_DEPTH_MODES:
@@ -58,11 +58,6 @@ def frames_warning(image):
     if frames > 1:
         return f"{frames} frames: only the first was super-resolved; frames 2 to {frames} are left out"
     return None
-
-
-def join(*notes):
-    notes = [note for note in notes if note]
-    return "; ".join(notes) if notes else None
 
 
 def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=None):

@@ -194,6 +194,12 @@ def non_finite_warning(n_nan, n_inf, nan_kept):
             f"output finite elsewhere ({where})")
 
 
+def join_warnings(*warnings):
+    """The warnings that are not None or empty, as one line; None if there are none."""
+    present = [text for text in warnings if text]
+    return "; ".join(present) if present else None
+
+
 def available_memory_bytes():
     """MemAvailable from /proc/meminfo, or None where it cannot be read."""
     try:

@@ -177,8 +177,8 @@ def super_resolve_nifti(model, path, args, guard):
               leave=False, disable=None) as progress:  # no bar when stderr is not a terminal
         out, n_nan, n_inf = volumes.super_resolve_in_plane(model, image, data, args.axis, args.batch_size, progress)
     volumes.save_resampled(image, out, volumes.in_plane_factors(args.axis, factor), out_path)
-    notes.append(inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f"))
-    return out_path, "; ".join(note for note in notes if note) or None
+    non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
+    return out_path, inference.join_warnings(*notes, non_finite)
 
 
 def refine_through_plane(source, path, args, guard):
@@ -186,8 +186,8 @@ def refine_through_plane(source, path, args, guard):
     if not volumes.is_nifti(path):
         raise ValueError("a 2D image: --through-plane refines NIfTI volumes (.nii, .nii.gz) between their slices")
     settings = through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile)
-    bar = tqdm(total=int(settings.seconds), desc=os.path.basename(path), leave=False,
-               bar_format="{desc}: {bar} {n}/{total} s of its time")
+    bar = tqdm(total=int(settings.seconds), desc=os.path.basename(path), leave=False, disable=None,
+               bar_format="{desc}: {bar} {n}/{total} s of its time")  # no bar when stderr is not a terminal
     with bar as progress:
         if args.compare:
             out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_through_compare.png"))
@@ -195,7 +195,8 @@ def refine_through_plane(source, path, args, guard):
             r = through_plane.compare_on_volume(source, path, out_path, args.axis, factor, settings, progress)
             return out_path, (f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic spline "
                               f"PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}"), None
-        image, data = volumes.load_volume(path)
+        notes = []
+        image, data = volumes.load_volume(path, notes)
         through_plane.check_volume_shape(data.shape)
         axis, factor = through_plane.slice_axis_and_factor(image.header.get_zooms(), args.axis,
                                                            args.through_plane_factor)
@@ -203,7 +204,8 @@ def refine_through_plane(source, path, args, guard):
         out, note, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, axis, factor,
                                                                             settings, progress)
     volumes.save_resampled(image, out, [factor if k == axis else 1 for k in range(3)], out_path)
-    return out_path, note, inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
+    non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
+    return out_path, note, inference.join_warnings(*notes, non_finite)
 
 
 def compare(model, path, args, guard):
