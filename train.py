@@ -30,6 +30,7 @@ if __name__ == "__main__":
     STOP.install()
 
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 import backups  # noqa: E402
 import constants  # noqa: E402
@@ -272,14 +273,11 @@ def save_history_csv(rows, path):
 
 def save_training_plots(rows, output_dir):
     """The seed report's two plots: PSNR per epoch; loss and val_loss per epoch."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in rows]
     for name, series, ylabel in (("psnr.png", ("val_psnr",), "mean PSNR (dB)"),
                                  ("loss.png", ("loss", "val_loss"), "MSE loss")):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for key in series:
             ax.plot(epochs, [row[key] for row in rows], marker="o", markersize=3, label=key)
         ax.set_xlabel("epoch")
@@ -288,7 +286,6 @@ def save_training_plots(rows, output_dir):
         ax.legend()
         fig.tight_layout()
         write_atomically(os.path.join(output_dir, name), lambda tmp: fig.savefig(tmp, dpi=110))
-        plt.close(fig)
 
 
 # --- Training ----------------------------------------------------------------
