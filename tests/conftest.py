@@ -1,4 +1,5 @@
 """Shared test helpers: tiny AD_NC trees of real image files, made per test."""
+import csv
 import os
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def write_tree(root, n_train=6, n_test=3, size=(256, 240), classes=("AD", "NC"),
             image = Image.fromarray(brain_like(*size, seed=SPLIT_SEEDS[split] + i))
             image.save(os.path.join(folder, f"{split[:2]}{i:03d}_0{suffix}"))
     return str(root)
+
+
+def history_epochs(out):
+    """The epoch numbers in <out>/history.csv, in file order ([] before the first epoch is saved)."""
+    path = os.path.join(out, "history.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
 @pytest.fixture

@@ -1,5 +1,4 @@
 """Bad data, bad flags and interrupted training (issue: never lose work, never crash)."""
-import csv
 import os
 import re
 import signal
@@ -11,17 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, brain_like, run_script, write_tree
+from conftest import ROOT, brain_like, history_epochs, run_script, write_tree
 
 FAST = ["--batch-size", "2", "--patch-size", "32", "--precision", "float32"]
-
-
-def history_epochs(out):
-    path = os.path.join(out, "history.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
 def test_training_goes_on_with_every_usable_image(tmp_path):

@@ -16,7 +16,6 @@ Exit status 0 when nothing was wrong.
 """
 import argparse
 import collections
-import csv
 import os
 import random
 import re
@@ -28,20 +27,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from conftest import write_tree  # noqa: E402  (the suite's tiny brain-like trees)
+from conftest import history_epochs, write_tree  # noqa: E402  (the suite's tiny trees and history reader)
 
 EPOCHS = 60
 FLAGS = ["--batch-size", "2", "--patch-size", "32", "--precision", "float32", "--jit", "off",
          "--epochs", str(EPOCHS), "--patience", "1000"]
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
-
-
-def history_epochs(out):
-    path = os.path.join(out, "history.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
 
 
 def partial_backups(out):
