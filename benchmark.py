@@ -7,7 +7,7 @@ Reports, for 64x64 -> 256x256 x4 batches of random data after warm-up, the
 median over several repeats of:
 - training images per second (train.py's training step);
 - inference images per second of the very function predict.py runs on the
-  user's planes (inference.upscale_stack: batching, edge padding, tiling,
+  user's planes (inference.upscale_stack: batching, mirror padding, tiling,
   clipping) on the model as predict.py loads it (inference.load_model, so its
   precision too), and of the bare model call, for comparison with other
   frameworks;
