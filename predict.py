@@ -267,7 +267,7 @@ def main(argv=None):
     try:
         check_output_dir(args.output_dir)
         if args.through_plane:  # its models depend on each volume's factor: through_plane.ModelSource
-            return run_on_inputs(through_plane.ModelSource(args.model), args)
+            return run_on_inputs(through_plane.ModelSource(args.model, args.precision), args)
         model_path, origin = resolve_model_path(args.model, args.output_dir)
         model = inference.load_model(model_path, args.precision)
         print(f"model: {model_path} ({origin}), precision: {modules.choose_precision(args.precision)}")

@@ -144,8 +144,8 @@ def pretrained_path(factor):
     return os.path.join(here, constants.PRETRAINED_THROUGH_PLANE.format(factor=factor))
 
 
-def load_model_1d(path, factor=None):
-    """A through-plane ESPCN from a .keras file (safe mode), in float32; ValueError naming the file."""
+def load_model_1d(path, factor=None, precision="float32"):
+    """A through-plane ESPCN from a .keras file (safe mode), served in `precision`; ValueError naming the file."""
     model = inference.read_model_file(path)
     found = modules.through_plane_factor(model)
     if found is None:
@@ -153,23 +153,31 @@ def load_model_1d(path, factor=None):
                          "train one with train.py --through-plane-factor F")
     if factor is not None and found != factor:
         raise ValueError(f"--model {path} refines x{found}, but this volume needs x{factor}")
-    return modules.as_float32(model)
+    return modules.inference_model(model, precision)
 
 
 class ModelSource:
-    """The starting model for a factor: --model if given, else the shipped pretrained one (or none)."""
+    """The starting model for a factor: --model if given, else the shipped pretrained one (or none).
 
-    def __init__(self, model_path=None):
-        self.model_path = model_path
+    Models are served in `precision` (predict.py's --precision; auto is
+    bfloat16 on CPUs with AVX-512 BF16 or AMX).  On the template's --compare
+    without adaptation (2-core AMD EPYC with AVX-512 BF16): x4 34.7926 dB in
+    bfloat16 against 34.7954 in float32, x3 36.7712 against 36.7684, in
+    4.4 / 5.4 s against 8.0 / 9.2 s.
+    """
+
+    def __init__(self, model_path=None, precision=constants.PREDICT_PRECISION):
+        self.model_path, self.precision = model_path, precision
         self.cache = {}
 
     def starting_model(self, factor):
-        """(float32 model or None when no pretrained model covers `factor`, a word on where it came from)."""
+        """(model or None when no pretrained model covers `factor`, a word on where it came from)."""
         if factor not in self.cache:
             if self.model_path:
-                self.cache[factor] = (load_model_1d(self.model_path, factor), f"--model {self.model_path}")
+                self.cache[factor] = (load_model_1d(self.model_path, factor, self.precision),
+                                      f"--model {self.model_path}")
             elif os.path.isfile(pretrained_path(factor)):
-                self.cache[factor] = (load_model_1d(pretrained_path(factor), factor),
+                self.cache[factor] = (load_model_1d(pretrained_path(factor), factor, self.precision),
                                       f"pretrained {constants.PRETRAINED_THROUGH_PLANE.format(factor=factor)}")
             else:
                 self.cache[factor] = (None, "no pretrained model for this factor")
@@ -181,7 +189,7 @@ def training_precision():
 
     A step on 16 crops of 64x64 took 26 ms against 29-50 ms in float32 on the
     2-core AMD EPYC with AVX-512 BF16 (shared with other jobs, hence the
-    spread).  Inference stays float32: it is a small share of the time.
+    spread).  Inference runs in the ModelSource's precision.
     """
     return "mixed_bfloat16" if modules.cpu_has_bf16() and not tf.config.list_physical_devices("GPU") else "float32"
 
@@ -230,18 +238,20 @@ def make_adapt_step(model, optimizer):
     return step
 
 
-def adapt(start, planes, factor, seconds, profile=constants.SLICE_PROFILE, progress=None, seed=0, began=None):
+def adapt(start, planes, factor, seconds, profile=constants.SLICE_PROFILE, progress=None, seed=0, began=None,
+          precision="float32"):
     """The through-plane model fine-tuned for `seconds` on the fine in-plane planes of a [0, 1] volume.
 
     Args:
-        start: the float32 model to start from, or None to train from scratch.
+        start: the model to start from (its weights), or None to train from scratch.
         planes: (n, h, w) float32 planes across the slice axis (each fine in both directions).
         factor: the thick-slice factor F.
         seconds: wall time for training; the learning rate decays by a cosine over it.
         profile: the slice profile the thick training crops are made with.
         progress: a tqdm bar counting seconds since `began`, or None.
+        precision: what the returned model computes in (modules.inference_model).
     Returns:
-        (float32 model, number of training steps).
+        (model, number of training steps).
     """
     policy = training_precision()
     model = modules.get_model_1d(factor, dtype=policy)
@@ -258,7 +268,7 @@ def adapt(start, planes, factor, seconds, profile=constants.SLICE_PROFILE, progr
         step(*crops.batch(constants.ADAPT_BATCH_SIZE))
         steps += 1
         advance_to(progress, began)
-    return modules.as_float32(model), steps
+    return modules.inference_model(model, precision), steps
 
 
 # --- Inference ---------------------------------------------------------------------------
@@ -333,7 +343,7 @@ def advance_to(progress, began):
 
 
 def prepare_model(source, volume, axis, factor, settings, began, progress=None):
-    """(float32 model, a note on how it was made) for a [0, 1] thick volume.
+    """(model in the source's precision, a note on how it was made) for a [0, 1] thick volume.
 
     Adaptation gets the time left of `settings.seconds` (counted from `began`)
     after the measured cost of inference and a margin for writing.
@@ -354,7 +364,8 @@ def prepare_model(source, volume, axis, factor, settings, began, progress=None):
                              f"{settings.seconds:g}")
         return start, f"{origin}, not adapted: no time left within --through-plane-seconds {settings.seconds:g}"
     planes = np.ascontiguousarray(np.moveaxis(volume, axis, 0))
-    model, steps = adapt(start, planes, factor, budget, settings.profile, progress, settings.seed, began)
+    model, steps = adapt(start, planes, factor, budget, settings.profile, progress, settings.seed, began,
+                         source.precision)
     return model, f"{origin}, adapted to this volume for {budget:.0f} s ({steps} steps)"
 
 
