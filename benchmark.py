@@ -9,7 +9,8 @@ median over several repeats of:
 - inference images per second of the very function predict.py runs on the
   user's planes (inference.upscale_stack: batching, mirror padding, tiling,
   clipping) on the model as predict.py loads it (inference.load_model, so its
-  precision too), and of the bare model call, for comparison with other
+  precision and its "valid" padding too), and of the bare model call (the
+  network as trained, in the same precision), for comparison with other
   frameworks;
 - the GFLOP/s these achieve against this machine's measured matrix-multiply peak;
 then the end-to-end slices per second of `predict.py --input VOLUME.nii.gz` on
@@ -119,7 +120,9 @@ def benchmark_model(args, policy, directory):
     x = tf.random.uniform((args.steps, batch, size, size, 1))
     y = tf.random.uniform((args.steps, batch, size * factor, size * factor, 1))
     served, path = served_model(model, directory, args.predict_precision)
-    bare = tf.function(lambda inputs: served(inputs, training=False))  # XLA measured slower here
+    # The bare call: the network as trained ("same" padding, no margin, no clipping) in the served precision.
+    as_trained = modules.inference_model(model, args.predict_precision)
+    bare = tf.function(lambda inputs: as_trained(inputs, training=False))  # XLA measured slower here
     planes = x.numpy()[..., 0].reshape(-1, size, size)
 
     def train_once():
@@ -130,7 +133,8 @@ def benchmark_model(args, policy, directory):
     def infer_once():
         # What predict.py runs on every plane the user gives it (evaluation.py calls the same
         # function; images and volumes call inference.upscale_planes, which it wraps).
-        inference.upscale_stack(served, planes, args.batch_size)
+        # predict.py's own batching too (constants.PREDICT_BATCH_PIXELS), not --batch-size.
+        inference.upscale_stack(served, planes)
 
     def bare_model_once():
         for i in range(args.steps):

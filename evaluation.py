@@ -31,8 +31,9 @@ def evaluate_test_split(model, data_dir, batch_size, size):
     if len(test.paths) == 0:
         raise ValueError(f"--data-dir {data_dir}: no usable image in test/")
     results = {"paths": test.paths, "model_psnr": [], "bicubic_psnr": [], "model_ssim": [], "bicubic_ssim": []}
-    batches = dataset.make_eval_dataset(test.images, batch_size, factor)
-    total = -(-len(test.paths) // batch_size)
+    group = batch_size or constants.BATCH_SIZE  # slices read at a time; upscale_stack batches its own way
+    batches = dataset.make_eval_dataset(test.images, group, factor)
+    total = -(-len(test.paths) // group)
     for low_res, target in tqdm(batches, total=total, desc="evaluating", unit="batch"):
         low_res, target = low_res.numpy(), target.numpy()
         outputs = {"model": inference.upscale_stack(model, low_res[..., 0], batch_size)[..., None],

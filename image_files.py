@@ -23,7 +23,7 @@ BAND_ROWS = 256
 BAND_MARGIN = 8
 
 
-def super_resolve(model, image, batch_size=constants.PREDICT_BATCH_SIZE):
+def super_resolve(model, image, batch_size=None):
     """(output PIL image, file suffix, warning or None) for a decoded PIL image of any mode."""
     factor = modules.model_upscale_factor(model)
     warning = frames_warning(image)

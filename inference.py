@@ -16,6 +16,13 @@ of those slices, where tissue touches the border, zero padding gives 29.38 dB,
 zero-padded borders of its training crops, and "symmetric" is the padding
 closest to that which keeps flat images flat.
 
+Speed: load_model rebuilds the network with "valid" padding, so it computes
+only the pixels that are kept (each convolution trims its radius from the
+margin) instead of convolving the whole padded plane and cropping: the same
+output bit for bit, and a 64x64 plane costs 1.10x its own pixels' work
+instead of 1.34x (74x74).  Any "same"-padded ESPCN (a model being trained)
+is also accepted, and its output is cropped.
+
 Size: a plane larger than TILE_SIZE is cut into overlapping tiles; each tile
 carries a margin of the receptive radius from its neighbours (or the mirror
 padding at the plane's border), and only its centre is kept, so the result is
@@ -38,11 +45,13 @@ from tensorflow_env import keras, tf
 def load_model(path, precision=constants.PREDICT_PRECISION):
     """Loads a one-channel .keras ESPCN with safe_mode on; ValueError naming the file if it cannot.
 
-    The model is returned rebuilt to compute under `precision` (see modules.inference_model).
+    The model is returned rebuilt as upscale_planes runs it: computing under
+    `precision`, with "valid" padding (see modules.inference_model), so its
+    input must carry a margin of receptive_radius pixels on every side.
     """
     model = read_model_file(path)
     check_is_espcn(model, path)
-    return modules.inference_model(model, precision)
+    return modules.inference_model(model, precision, padding="valid")
 
 
 def read_model_file(path):
@@ -77,6 +86,11 @@ def receptive_radius(model):
                if isinstance(layer, keras.layers.Conv2D))
 
 
+def trims_margin(model):
+    """True for a "valid"-padded model, whose output already lacks the margin of its input."""
+    return model.get_layer("conv1").padding == "valid"
+
+
 # --- Feeding planes ----------------------------------------------------------
 
 def tile_grid(length, tile):
@@ -84,8 +98,7 @@ def tile_grid(length, tile):
     return list(range(0, length, tile)) if length > tile else [0]
 
 
-def upscale_planes(model, planes, write, batch_size=constants.PREDICT_BATCH_SIZE, tile=constants.TILE_SIZE,
-                   progress=None):
+def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SIZE, progress=None):
     """Super-resolves (n, h, w) float planes in [0, 1], batch of tiles by batch of tiles.
 
     Args:
@@ -93,18 +106,19 @@ def upscale_planes(model, planes, write, batch_size=constants.PREDICT_BATCH_SIZE
         planes: array-like of n (h, w) planes in [0, 1], all finite; read one at a time.
         write: called as write(index, top, left, block) for every output block, where `block` is a float32
             (rows, cols) array in [0, 1] and top/left are its position in the output plane `index`.
-        batch_size: tiles per model call.
+        batch_size: tiles per model call; None: as many as hold constants.PREDICT_BATCH_PIXELS input pixels.
         tile: the largest tile side in input pixels; larger planes are cut into overlapping tiles.
         progress: a tqdm bar advanced by one per finished plane, or None.
     """
     factor = modules.model_upscale_factor(model)
     margin = receptive_radius(model)
+    skip = 0 if trims_margin(model) else margin * factor  # output pixels of the margin to crop
     batch, places = [], []
 
     def flush():
         outputs = predict_clipped(model, np.stack(batch)[..., None])[..., 0]
         for (index, top, left, rows, cols, last), output in zip(places, outputs):
-            crop = output[margin * factor:(margin + rows) * factor, margin * factor:(margin + cols) * factor]
+            crop = output[skip:skip + rows * factor, skip:skip + cols * factor]
             write(index, top * factor, left * factor, crop)
             if last and progress is not None:
                 progress.update(1)
@@ -125,23 +139,30 @@ def upscale_planes(model, planes, write, batch_size=constants.PREDICT_BATCH_SIZE
             piece = np.pad(piece, ((0, side_y - rows), (0, side_x - cols)), mode="edge")
             batch.append(piece)
             places.append((index, top, left, rows, cols, number == len(corners) - 1))
-            if len(batch) == batch_size:
+            if len(batch) >= (batch_size or max(1, constants.PREDICT_BATCH_PIXELS // piece.size)):
                 flush()
     if batch:
         flush()
 
 
 def predict_clipped(model, batch):
-    """Model output for a float32 (N, h, w, 1) batch, as float32 clipped to [0, 1]."""
-    return np.clip(np.asarray(model.predict_on_batch(batch), dtype=np.float32), 0.0, 1.0)
+    """Model output for a float32 (N, h, w, 1) batch, as a float32 array clipped to [0, 1]."""
+    return clipped_output(model, batch).numpy()
 
 
-def upscale_plane(model, plane, batch_size=constants.PREDICT_BATCH_SIZE, tile=constants.TILE_SIZE):
+@tf.function(reduce_retracing=True)
+def clipped_output(model, batch):
+    # Clipped inside the graph: one pass fewer over the output than np.clip after
+    # Keras' predict_on_batch, whose own per-call overhead is also avoided.
+    return tf.clip_by_value(model(batch, training=False), 0.0, 1.0)
+
+
+def upscale_plane(model, plane, batch_size=None, tile=constants.TILE_SIZE):
     """The float32 [0, 1] output for one (h, w) plane in [0, 1] (whole, in memory)."""
     return upscale_stack(model, plane[None], batch_size, tile)[0]
 
 
-def upscale_stack(model, planes, batch_size=constants.PREDICT_BATCH_SIZE, tile=constants.TILE_SIZE):
+def upscale_stack(model, planes, batch_size=None, tile=constants.TILE_SIZE):
     """The float32 [0, 1] outputs for (n, h, w) planes in [0, 1], in memory."""
     factor = modules.model_upscale_factor(model)
     n, height, width = np.shape(planes)

@@ -75,7 +75,8 @@ class DepthToSpace1D(keras.layers.Layer):
         return {**super().get_config(), "upscale_factor": self.upscale_factor}
 
 
-def get_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=constants.FILTERS, dtype=None):
+def get_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=constants.FILTERS, dtype=None,
+              padding="same"):
     """The seed's ESPCN for `upscale_factor` (x2 .. x8), any input size.
 
     Args:
@@ -84,17 +85,20 @@ def get_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=const
         filters: the three feature convolutions' filter counts.
         dtype: the body's Keras dtype policy ("mixed_bfloat16", ...); None takes the global policy.
             The output is float32 under every policy.
+        padding: "same" (the seed's: output upscale_factor x the input) or "valid" (no padding: each
+            convolution trims its kernel's radius, so the output is upscale_factor x the input less a
+            border of the receptive radius; see inference_model).
     """
     check_factor(upscale_factor)
     inputs = keras.Input(shape=(None, None, channels), name="low_res")
-    x = feature_convolutions(inputs, filters, dtype)
-    x = keras.layers.Conv2D(channels * upscale_factor ** 2, 3, padding="same", kernel_initializer="orthogonal",
+    x = feature_convolutions(inputs, filters, dtype, padding)
+    x = keras.layers.Conv2D(channels * upscale_factor ** 2, 3, padding=padding, kernel_initializer="orthogonal",
                             dtype=dtype, name="conv4_linear")(x)
     x = DepthToSpace(upscale_factor, dtype=dtype, name="depth_to_space")(x)
     return keras.Model(inputs, float32_output(x), name=f"espcn_x{upscale_factor}")
 
 
-def get_model_1d(upscale_factor, channels=1, filters=constants.FILTERS, dtype=None):
+def get_model_1d(upscale_factor, channels=1, filters=constants.FILTERS, dtype=None, padding="same"):
     """The seed's ESPCN upsampling rows only (through-plane): (H, W) -> (upscale_factor * H, W).
 
     The same three feature convolutions as get_model; the last convolution
@@ -103,8 +107,8 @@ def get_model_1d(upscale_factor, channels=1, filters=constants.FILTERS, dtype=No
     """
     check_factor(upscale_factor)
     inputs = keras.Input(shape=(None, None, channels), name="thick")
-    x = feature_convolutions(inputs, filters, dtype)
-    x = keras.layers.Conv2D(channels * upscale_factor, 3, padding="same", kernel_initializer="orthogonal",
+    x = feature_convolutions(inputs, filters, dtype, padding)
+    x = keras.layers.Conv2D(channels * upscale_factor, 3, padding=padding, kernel_initializer="orthogonal",
                             dtype=dtype, name="conv4_linear")(x)
     x = DepthToSpace1D(upscale_factor, dtype=dtype, name="depth_to_space_1d")(x)
     return keras.Model(inputs, float32_output(x), name=f"espcn_1d_x{upscale_factor}")
@@ -115,9 +119,9 @@ def check_factor(upscale_factor):
         raise ValueError(f"upscale factor must be an integer from 2 to 8, got {upscale_factor}")
 
 
-def feature_convolutions(inputs, filters, dtype):
-    """The seed's three feature convolutions: 5x5, 3x3, 3x3, relu, orthogonal initialisation, same padding."""
-    conv_args = {"activation": "relu", "kernel_initializer": "orthogonal", "padding": "same", "dtype": dtype}
+def feature_convolutions(inputs, filters, dtype, padding="same"):
+    """The seed's three feature convolutions: 5x5, 3x3, 3x3, relu, orthogonal initialisation, `padding`."""
+    conv_args = {"activation": "relu", "kernel_initializer": "orthogonal", "padding": padding, "dtype": dtype}
     x = keras.layers.Conv2D(filters[0], 5, name="conv1", **conv_args)(inputs)
     x = keras.layers.Conv2D(filters[1], 3, name="conv2", **conv_args)(x)
     return keras.layers.Conv2D(filters[2], 3, name="conv3", **conv_args)(x)
@@ -252,7 +256,7 @@ def choose_precision(name):
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-def inference_model(model, precision=constants.PREDICT_PRECISION):
+def inference_model(model, precision=constants.PREDICT_PRECISION, padding="same"):
     """The same ESPCN, rebuilt to predict under `precision`'s dtype policy, with a float32 output.
 
     A saved model keeps the policy it was trained under, whatever the machine
@@ -268,6 +272,12 @@ def inference_model(model, precision=constants.PREDICT_PRECISION):
         precision: "auto" (as train.py's --precision: mixed_bfloat16 on CPUs
             with AVX-512 BF16 or AMX, mixed_float16 on GPUs, float32
             elsewhere), "float32", "mixed_bfloat16" or "mixed_float16".
+        padding: "same" (as trained) or "valid".  A "valid" model fed an input
+            that carries a border of receptive-radius pixels on every side gives
+            exactly the centre of the "same" model's output for that input
+            (bit for bit, measured), without computing the border it would
+            crop: predict.py's mirror margin then costs 1.10x the pixels'
+            convolutions for a 64x64 plane, not 1.34x (74x74 whole).
 
     Returns:
         A new model with the same weights (copied layer by layer, by name).
@@ -280,7 +290,7 @@ def inference_model(model, precision=constants.PREDICT_PRECISION):
     one_d = through_plane_factor(model)
     build = (lambda *a, **k: get_model_1d(one_d, *a[1:], **k)) if one_d else get_model
     rebuilt = build(one_d or model_upscale_factor(model), model.input_shape[-1], filters,
-                    dtype=choose_precision(precision))
+                    dtype=choose_precision(precision), padding=padding)
     for layer in rebuilt.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())

@@ -47,8 +47,9 @@ def parse_args(argv=None):
     parser.add_argument("--model", default=None,
                         help=f"a .keras model (default: <output-dir>/{constants.MODEL_FILENAME}, "
                              f"else {constants.PRETRAINED_MODEL})")
-    parser.add_argument("--batch-size", type=positive_int, default=constants.PREDICT_BATCH_SIZE,
-                        help="slices per inference batch")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="planes (or tiles) per inference batch; default: as many as hold "
+                             f"{constants.PREDICT_BATCH_PIXELS} input pixels (constants.PREDICT_BATCH_PIXELS)")
     parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="low-resolution images / NIfTI volumes / folders of them to super-resolve")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,

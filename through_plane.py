@@ -273,7 +273,7 @@ def adapt(start, planes, factor, seconds, profile=constants.SLICE_PROFILE, progr
 
 # --- Inference ---------------------------------------------------------------------------
 
-def upscale_rows(model, planes, factor, batch_pixels=constants.PREDICT_BATCH_SIZE * constants.TILE_SIZE ** 2):
+def upscale_rows(model, planes, factor, batch_pixels=constants.PREDICT_BATCH_PIXELS):
     """Model output for (n, rows, cols) [0, 1] planes: (n, rows * F, cols), unclipped float32.
 
     Each plane is first extended by the network's receptive radius with copies

@@ -184,7 +184,7 @@ def save_resampled(image, out, factors, path):
 
 # --- In-plane super-resolution ---------------------------------------------------
 
-def super_resolve_in_plane(model, image, data, axis, batch_size=constants.PREDICT_BATCH_SIZE, progress=None):
+def super_resolve_in_plane(model, image, data, axis, batch_size=None, progress=None):
     """Every slice across `axis` upscaled in-plane, as stored values in an array of the input's data type.
 
     NaN/Inf voxels are replaced by inference.finite_copy's rule before the

@@ -209,6 +209,19 @@ def test_tiled_inference_equals_whole_plane_inference():
         np.testing.assert_allclose(tiled, whole, atol=2e-6)
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_served_valid_padding_gives_the_cropped_output_of_the_model_as_trained(precision):
+    path = os.path.join(os.path.dirname(__file__), "..", "pretrained", "espcn_x4.keras")
+    served = inference.load_model(path, precision)
+    as_trained = modules.inference_model(inference.read_model_file(path), precision)  # "same" padding
+    assert inference.trims_margin(served) and not inference.trims_margin(as_trained)
+    planes = np.random.default_rng(8).random((3, 23, 150)).astype(np.float32)  # two tiles a plane
+    for batch_size in (None, 2):
+        got = inference.upscale_stack(served, planes, batch_size)
+        np.testing.assert_allclose(got, inference.upscale_stack(as_trained, planes, batch_size), atol=1e-6)
+    assert got.shape == (3, 92, 600) and 0 <= got.min() and got.max() <= 1
+
+
 def test_receptive_radius_of_the_seed_model():
     assert inference.receptive_radius(modules.get_model(4)) == 5  # 5x5, then three 3x3 convolutions
 
