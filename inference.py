@@ -136,7 +136,8 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
             piece = padded[top:top + rows + 2 * margin, left:left + cols + 2 * margin]
             # Edge tiles are extended to the common tile shape so that they batch; what is added lies
             # beyond the margin and never reaches the kept centre.
-            piece = np.pad(piece, ((0, side_y - rows), (0, side_x - cols)), mode="edge")
+            if (rows, cols) != (side_y, side_x):
+                piece = np.pad(piece, ((0, side_y - rows), (0, side_x - cols)), mode="edge")
             batch.append(piece)
             places.append((index, top, left, rows, cols, number == len(corners) - 1))
             if len(batch) >= (batch_size or max(1, constants.PREDICT_BATCH_PIXELS // piece.size)):
