@@ -108,8 +108,10 @@ INSET_FRACTION = 0.25
 PREDICT_BATCH_PIXELS = 2 ** 19
 # Planes larger than this (input pixels a side) are super-resolved in overlapping
 # tiles, each with a margin of the network's receptive radius, so the result is
-# the same as whole-plane inference and memory stays bounded for any image size.
-TILE_SIZE = 128
+# the same as whole-plane inference and memory stays bounded for any image size
+# (with PREDICT_BATCH_PIXELS).  Larger tiles carry less margin: 256x256 and
+# 512x512 planes ran 3-4% faster in tiles of 256 than of 128 (2-core EPYC, BF16).
+TILE_SIZE = 256
 # An output is refused up front when this many times its size exceeds the free
 # memory: room for the output array plus what the image/NIfTI writers copy.
 OUTPUT_MEMORY_FACTOR = 2.0
