@@ -9,7 +9,8 @@ median over several repeats of:
 - inference images per second of the very function predict.py runs on the
   user's planes (inference.upscale_stack: batching, mirror padding, tiling,
   clipping) on the model as predict.py loads it (inference.load_model, so its
-  precision and its "valid" padding too), and of the bare model call (the
+  precision and its "valid" padding too; one pass, predict's default for
+  volumes: images get an 8-view self-ensemble), and of the bare model call (the
   network as trained, in the same precision), for comparison with other
   frameworks;
 - the GFLOP/s these achieve against this machine's measured matrix-multiply peak;

@@ -74,7 +74,7 @@ NOISE_MAX = 0.03
 # AMX, mixed_float16 on GPUs, float32 otherwise.
 PRECISION = "auto"
 # Precision of predictions (predict.py, benchmark.py), chosen as PRECISION is:
-# bfloat16 on a BF16 CPU for -0.012 dB held-out PSNR (README, Performance).
+# bfloat16 on a BF16 CPU for -0.010 dB held-out PSNR (modules.inference_model).
 PREDICT_PRECISION = "auto"
 # XLA compilation of the training step: "auto" uses it for float32 (measured
 # +15-20% training throughput on a 2-core CPU), not for mixed precision, whose
@@ -106,6 +106,15 @@ INSET_FRACTION = 0.25
 # planes ran 1186 img/s at 16 planes a batch, 1283 at 32, 1340 at 64 and 1403
 # at 96; 128x128 tiles peaked at 8-16 a batch.
 PREDICT_BATCH_PIXELS = 2 ** 19
+# Self-ensemble: the model's output averaged over this many flips / quarter turns
+# of its input (1, 2, 4 or 8; EDSR's "+"), at as many times the work.  Measured
+# with the shipped model on six real slices of scans (tools/proxy_check.py's
+# three and three from dipy's wheel): 8 gained +0.13 dB mean and +0.27 dB on the
+# weakest slice over 1.  Images are milliseconds either way, so they get 8;
+# a NIfTI volume of hundreds of slices would take 8x the minutes, so it gets 1.
+# predict.py --ensemble N sets both.
+ENSEMBLE_IMAGES = 8
+ENSEMBLE_VOLUMES = 1
 # Planes larger than this (input pixels a side) are super-resolved in overlapping
 # tiles, each with a margin of the network's receptive radius, so the result is
 # the same as whole-plane inference and memory stays bounded for any image size

@@ -10,7 +10,6 @@ tile by tile and band by band, so memory stays near the output's own size.
 import numpy as np
 from PIL import Image
 
-import constants
 import inference
 import modules
 
@@ -23,8 +22,11 @@ BAND_ROWS = 256
 BAND_MARGIN = 8
 
 
-def super_resolve(model, image, batch_size=None):
-    """(output PIL image, file suffix, warning or None) for a decoded PIL image of any mode."""
+def super_resolve(model, image, batch_size=None, ensemble=1):
+    """(output PIL image, file suffix, warning or None) for a decoded PIL image of any mode.
+
+    batch_size and ensemble are inference.upscale_planes'.
+    """
     factor = modules.model_upscale_factor(model)
     warning = frames_warning(image)
     if image.mode == "P":
@@ -33,21 +35,21 @@ def super_resolve(model, image, batch_size=None):
         image = image.convert("L" if image.mode == "1" else "RGB")
     if image.mode == "F":
         values, nan_mask, n_nan, n_inf = inference.finite_copy(np.asarray(image, np.float32))
-        out = upscale_grey(model, values, np.float32, batch_size, nan_mask=nan_mask)
+        out = upscale_grey(model, values, np.float32, batch_size, nan_mask=nan_mask, ensemble=ensemble)
         note = inference.non_finite_warning(n_nan, n_inf, nan_kept=True)
         return Image.fromarray(out, mode="F"), ".tif", inference.join_warnings(warning, note)
     if image.mode == "I":  # 32-bit integers: PNG holds 16 bits at most, TIFF holds them all
-        return Image.fromarray(upscale_grey(model, np.asarray(image), np.int32, batch_size)), ".tif", warning
+        return Image.fromarray(upscale_grey(model, np.asarray(image), np.int32, batch_size, ensemble=ensemble)), ".tif", warning
     if image.mode in HIGH_DEPTH_MODES:
-        out = upscale_grey(model, np.asarray(image), np.uint16, batch_size)
+        out = upscale_grey(model, np.asarray(image), np.uint16, batch_size, ensemble=ensemble)
         return Image.fromarray(out), ".png", warning
     size = (image.width * factor, image.height * factor)
     alpha = image.getchannel("A").resize(size, Image.BICUBIC) if image.mode in ("RGBA", "LA", "PA") else None
     if image.mode in ("L", "LA"):
         result = Image.fromarray(upscale_grey(model, np.asarray(image.getchannel("L")), np.uint8, batch_size,
-                                              full_range=True))
+                                              full_range=True, ensemble=ensemble))
         return (Image.merge("LA", (result, alpha)) if alpha is not None else result), ".png", warning
-    result = upscale_colour(model, image.convert("RGB"), batch_size)
+    result = upscale_colour(model, image.convert("RGB"), batch_size, ensemble)
     if alpha is not None:
         result.putalpha(alpha)
     return result, ".png", warning
@@ -60,7 +62,7 @@ def frames_warning(image):
     return None
 
 
-def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=None):
+def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=None, ensemble=1):
     """The upscaled (H*f, W*f) array of `dtype` for a greyscale array.
 
     The network sees 8-bit images on their type's full range (`full_range`),
@@ -89,11 +91,11 @@ def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=No
         out[top:top + block.shape[0], left:left + block.shape[1]] = result
 
     plane = (values.astype(np.float32) - low) / span
-    inference.upscale_planes(model, plane[None], write, batch_size)
+    inference.upscale_planes(model, plane[None], write, batch_size, ensemble=ensemble)
     return out
 
 
-def upscale_colour(model, image, batch_size):
+def upscale_colour(model, image, batch_size, ensemble=1):
     """The upscaled RGB PIL image of an RGB PIL image: Y by the model, chroma bicubic, band by band.
 
     Each band of input rows is super-resolved with BAND_MARGIN rows of real
@@ -113,7 +115,8 @@ def upscale_colour(model, image, batch_size):
         size = (band.width * factor, band.height * factor)
         keep = (0, (top - start) * factor, size[0], (bottom - start) * factor)
         y, cb, cr = band.split()
-        out_y = Image.fromarray(upscale_grey(model, np.asarray(y), np.uint8, batch_size, full_range=True))
+        out_y = Image.fromarray(upscale_grey(model, np.asarray(y), np.uint8, batch_size, full_range=True,
+                                           ensemble=ensemble))
         channels = (out_y, cb.resize(size, Image.BICUBIC), cr.resize(size, Image.BICUBIC))
         result.paste(Image.merge("YCbCr", channels).crop(keep).convert("RGB"), (0, top * factor))
     return result

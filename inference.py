@@ -98,7 +98,26 @@ def tile_grid(length, tile):
     return list(range(0, length, tile)) if length > tile else [0]
 
 
-def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SIZE, progress=None):
+# The flips and quarter turns of the self-ensemble, as (quarter turns, mirrored): the first
+# two and four keep a tile's shape; all eight need square tiles.
+DIHEDRAL_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
+
+
+def viewed(image, view):
+    """`image` mirrored left-right (if view[1]), then turned view[0] quarter turns."""
+    turns, mirrored = view
+    return np.rot90(image[:, ::-1] if mirrored else image, turns)
+
+
+def unviewed(image, view):
+    """The inverse of `viewed`."""
+    turns, mirrored = view
+    image = np.rot90(image, -turns)
+    return image[:, ::-1] if mirrored else image
+
+
+def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SIZE, progress=None,
+                   ensemble=1):
     """Super-resolves (n, h, w) float planes in [0, 1], batch of tiles by batch of tiles.
 
     Args:
@@ -109,15 +128,25 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
         batch_size: tiles per model call; None: as many as hold constants.PREDICT_BATCH_PIXELS input pixels.
         tile: the largest tile side in input pixels; larger planes are cut into overlapping tiles.
         progress: a tqdm bar advanced by one per finished plane, or None.
+        ensemble: 1 (the model once), or 2, 4 or 8: the mean of the model's outputs over that many of
+            DIHEDRAL_VIEWS of each tile (self-ensemble, as EDSR's "+" models), at that many times the work.
     """
+    if ensemble not in (1, 2, 4, 8):
+        raise ValueError(f"--ensemble must be 1, 2, 4 or 8, got {ensemble}")
     factor = modules.model_upscale_factor(model)
     margin = receptive_radius(model)
     skip = 0 if trims_margin(model) else margin * factor  # output pixels of the margin to crop
+    views = DIHEDRAL_VIEWS[:ensemble]
     batch, places = [], []
 
     def flush():
         outputs = predict_clipped(model, np.stack(batch)[..., None])[..., 0]
-        for (index, top, left, rows, cols, last), output in zip(places, outputs):
+        for number, (index, top, left, rows, cols, last) in enumerate(places):
+            if ensemble == 1:
+                output = outputs[number]
+            else:
+                group = outputs[number * ensemble:(number + 1) * ensemble]
+                output = np.mean([unviewed(out, view) for out, view in zip(group, views)], axis=0)
             crop = output[skip:skip + rows * factor, skip:skip + cols * factor]
             write(index, top * factor, left * factor, crop)
             if last and progress is not None:
@@ -136,9 +165,11 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
             piece = padded[top:top + rows + 2 * margin, left:left + cols + 2 * margin]
             # Edge tiles are extended to the common tile shape so that they batch; what is added lies
             # beyond the margin and never reaches the kept centre.
-            if (rows, cols) != (side_y, side_x):
-                piece = np.pad(piece, ((0, side_y - rows), (0, side_x - cols)), mode="edge")
-            batch.append(piece)
+            # Quarter turns need square tiles: extended the same way.
+            grown_y, grown_x = (max(side_y, side_x),) * 2 if ensemble == 8 else (side_y, side_x)
+            if (rows, cols) != (grown_y, grown_x):
+                piece = np.pad(piece, ((0, grown_y - rows), (0, grown_x - cols)), mode="edge")
+            batch.extend(viewed(piece, view) for view in views)
             places.append((index, top, left, rows, cols, number == len(corners) - 1))
             if len(batch) >= (batch_size or max(1, constants.PREDICT_BATCH_PIXELS // piece.size)):
                 flush()
@@ -158,12 +189,12 @@ def clipped_output(model, batch):
     return tf.clip_by_value(model(batch, training=False), 0.0, 1.0)
 
 
-def upscale_plane(model, plane, batch_size=None, tile=constants.TILE_SIZE):
+def upscale_plane(model, plane, batch_size=None, tile=constants.TILE_SIZE, ensemble=1):
     """The float32 [0, 1] output for one (h, w) plane in [0, 1] (whole, in memory)."""
-    return upscale_stack(model, plane[None], batch_size, tile)[0]
+    return upscale_stack(model, plane[None], batch_size, tile, ensemble)[0]
 
 
-def upscale_stack(model, planes, batch_size=None, tile=constants.TILE_SIZE):
+def upscale_stack(model, planes, batch_size=None, tile=constants.TILE_SIZE, ensemble=1):
     """The float32 [0, 1] outputs for (n, h, w) planes in [0, 1], in memory."""
     factor = modules.model_upscale_factor(model)
     n, height, width = np.shape(planes)
@@ -172,7 +203,7 @@ def upscale_stack(model, planes, batch_size=None, tile=constants.TILE_SIZE):
     def write(index, top, left, block):
         out[index, top:top + block.shape[0], left:left + block.shape[1]] = block
 
-    upscale_planes(model, planes, write, batch_size, tile)
+    upscale_planes(model, planes, write, batch_size, tile, ensemble=ensemble)
     return out
 
 

@@ -262,10 +262,11 @@ def inference_model(model, precision=constants.PREDICT_PRECISION, padding="same"
     A saved model keeps the policy it was trained under, whatever the machine
     that loads it: bfloat16 math is emulated (slow) on CPUs without AVX-512
     BF16 or AMX, and float32 leaves half the speed unused on those that have
-    them.  Measured with the shipped model on the held-out split through
-    predict.py's path (2-core AMD EPYC with AVX-512 BF16): mean PSNR 33.5653 dB
-    in float32, 33.5537 dB in mixed_bfloat16 (-0.012 dB), SSIM 0.9596 against
-    0.9594, largest pixel difference 0.013 on [0, 1].
+    them.  Measured on the held-out split through predict.py's path, one
+    pass (2-core AMD EPYC with AVX-512 BF16): the shipped model scores
+    33.2847 dB in float32 and 33.2750 dB in mixed_bfloat16 (-0.010 dB), SSIM
+    0.9612 against 0.9609; the model shipped before it 33.5653 against
+    33.5537 dB (-0.012 dB), largest pixel difference 0.013 on [0, 1].
 
     Args:
         model: an ESPCN made by get_model (any policy, any upscale factor).

@@ -50,6 +50,10 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="planes (or tiles) per inference batch; default: as many as hold "
                              f"{constants.PREDICT_BATCH_PIXELS} input pixels (constants.PREDICT_BATCH_PIXELS)")
+    parser.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=None,
+                        help="average the model over this many flips/quarter turns of each input (self-ensemble); "
+                             f"default: {constants.ENSEMBLE_IMAGES} for images and the test split, "
+                             f"{constants.ENSEMBLE_VOLUMES} for NIfTI volumes")
     parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="low-resolution images / NIfTI volumes / folders of them to super-resolve")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
@@ -160,7 +164,8 @@ class OutputGuard:
 def super_resolve_image(model, path, args, guard):
     """Writes <stem>_x<f>.png|tif; returns (output path, warning or None)."""
     with dataset.open_image(path) as image:
-        result, suffix, warning = image_files.super_resolve(model, image, args.batch_size)
+        result, suffix, warning = image_files.super_resolve(model, image, args.batch_size,
+                                                            ensemble_for("image", args))
     factor = modules.model_upscale_factor(model)
     out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_x{factor}{suffix}"))
     write_atomically(out_path, lambda tmp: result.save(tmp, format="TIFF" if suffix == ".tif" else "PNG"))
@@ -176,7 +181,8 @@ def super_resolve_nifti(model, path, args, guard):
     frames = data.shape[3] if data.ndim == 4 else 1
     with tqdm(total=data.shape[args.axis] * frames, desc=os.path.basename(path), unit="slice",
               leave=False, disable=None) as progress:  # no bar when stderr is not a terminal
-        out, n_nan, n_inf = volumes.super_resolve_in_plane(model, image, data, args.axis, args.batch_size, progress)
+        out, n_nan, n_inf = volumes.super_resolve_in_plane(model, image, data, args.axis, args.batch_size, progress,
+                                                           ensemble_for("nifti", args))
     volumes.save_resampled(image, out, volumes.in_plane_factors(args.axis, factor), out_path)
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return out_path, inference.join_warnings(*notes, non_finite)
@@ -209,9 +215,15 @@ def refine_through_plane(source, path, args, guard):
     return out_path, note, inference.join_warnings(*notes, non_finite)
 
 
+def ensemble_for(kind, args):
+    """--ensemble, else the default for this kind of input ("nifti" or an image): constants.ENSEMBLE_*."""
+    return args.ensemble or (constants.ENSEMBLE_VOLUMES if kind == "nifti" else constants.ENSEMBLE_IMAGES)
+
+
 def compare(model, path, args, guard):
     out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_compare.png"))
-    return out_path, evaluation.compare_on_input(model, path, out_path, args.axis)
+    ensemble = ensemble_for(kind_of(path), args)
+    return out_path, evaluation.compare_on_input(model, path, out_path, args.axis, ensemble)
 
 
 def process_input(model, path, args, guard):
@@ -277,7 +289,7 @@ def main(argv=None):
 
         dataset.prepare_data_dir(args.data_dir)
         evaluation.run_evaluation(model, args.data_dir, args.output_dir, args.batch_size, args.target_size,
-                                  args.figure_images)
+                                  args.figure_images, ensemble_for("image", args))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

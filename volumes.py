@@ -15,7 +15,6 @@ import warnings
 import nibabel as nib
 import numpy as np
 
-import constants
 import inference
 import modules
 from cli import write_atomically
@@ -184,7 +183,7 @@ def save_resampled(image, out, factors, path):
 
 # --- In-plane super-resolution ---------------------------------------------------
 
-def super_resolve_in_plane(model, image, data, axis, batch_size=None, progress=None):
+def super_resolve_in_plane(model, image, data, axis, batch_size=None, progress=None, ensemble=1):
     """Every slice across `axis` upscaled in-plane, as stored values in an array of the input's data type.
 
     NaN/Inf voxels are replaced by inference.finite_copy's rule before the
@@ -202,7 +201,7 @@ def super_resolve_in_plane(model, image, data, axis, batch_size=None, progress=N
         counts[0], counts[1] = counts[0] + n_nan, counts[1] + n_inf
         write = plane_writer(image, np.moveaxis(out_series[..., t], axis, 0), volume, nan_mask, axis, factor)
         inference.upscale_planes(model, ScaledPlanes(np.moveaxis(volume, axis, 0), *robust_range(volume)),
-                                 write, batch_size, progress=progress)
+                                 write, batch_size, progress=progress, ensemble=ensemble)
     return out, counts[0], counts[1]
 
 

@@ -1,6 +1,6 @@
 """A fixed proxy for real scans, scored as a user's acceptance check does: model vs bicubic, x4.
 
-usage: python tools/proxy_check.py [--model PATH] [--work-dir DIR] [--json PATH]
+usage: python tools/proxy_check.py [--model PATH] [--work-dir DIR] [--json PATH] [--extra-real FILE[:SLICE] ...]
 
 Each proxy slice (8-bit, cropped to a multiple of 4) is shrunk 4x by area
 averaging into an 8-bit PNG, super-resolved by `predict.py --input LR.png
@@ -16,7 +16,13 @@ rounded to 8 bits.  None of it is training data:
   template (which no training slice touches) in four preset contrasts (T1,
   T2, PD, FLAIR) with fixed draws (seed 2026), committed as PNGs in
   tools/proxy_slices/ so the proxy does not move when the generator does;
-- general: matplotlib's `grace_hopper.jpg` (luma), a natural photograph.
+- general: matplotlib's `grace_hopper.jpg` (luma), a natural photograph;
+- with --extra-real, more real slices from files you have (scored in the real
+  group): a 2D .npy array, or a NIfTI volume's axial slice (the middle one,
+  or FILE:SLICE), each scaled by its maximum into 8 bits.  Such files must
+  not be training data.  The README's figures used dipy's wheel's
+  `t1_coronal_slice.npy` and `S0_10slices.nii.gz:3` and `:7` (dipy is not a
+  dependency: `pip download --no-deps dipy` and unzip dipy/data/files).
 
 Not a test: it runs predict.py once (about 20 s) and prints one line per
 slice, the means of each group and of all, and writes them as JSON.
@@ -70,6 +76,20 @@ def real_slices():
         yield f"real_epi_axial_{index}", to_uint8(np.rot90(volume[:, :, index]))
 
 
+def extra_real_slices(specs):
+    """(name, uint8 slice) of --extra-real files: FILE.npy (2D) or FILE.nii[.gz][:SLICE] (axial, default middle)."""
+    for spec in specs:
+        path, _, index = spec.rpartition(":") if not os.path.exists(spec) else (spec, "", "")
+        name = os.path.basename(path).split(".")[0]
+        if path.endswith(".npy"):
+            yield f"real_{name}", to_uint8(np.load(path))
+        else:
+            volume = np.asanyarray(nib.load(path).dataobj).astype(np.float64)
+            volume = volume.reshape(volume.shape[:3])  # a 4D file with one volume
+            k = int(index) if index else volume.shape[2] // 2
+            yield f"real_{name}_{k}", to_uint8(np.rot90(volume[:, :, k]))
+
+
 def synthetic_test_slab_slices():
     """(name, uint8 slice): heads made from the template's test slab only, one per preset contrast."""
     rng = np.random.default_rng(PROXY_SEED)
@@ -102,9 +122,9 @@ def general_slices():
     yield "general_grace_hopper", dataset.read_slice(path)
 
 
-def proxy_slices():
+def proxy_slices(extra_real=()):
     """Every proxy slice, cropped to a multiple of 4."""
-    for source in (real_slices, frozen_synthetic_slices, general_slices):
+    for source in (real_slices, lambda: extra_real_slices(extra_real), frozen_synthetic_slices, general_slices):
         for name, image in source():
             yield name, crop_to_factor(image)
 
@@ -136,10 +156,10 @@ def group_of(name):
     return name.split("_")[0]
 
 
-def score(model, work_dir):
+def score(model, work_dir, extra_real=()):
     """Per-slice and per-group PSNR of model and bicubic (8-bit), and the gain."""
     originals, inputs = {}, []
-    for name, image in proxy_slices():
+    for name, image in proxy_slices(extra_real):
         originals[name] = image
         path = os.path.join(work_dir, f"{name}.png")
         Image.fromarray(area_downsample(image)).save(path)
@@ -167,13 +187,15 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="also write the scores here")
     parser.add_argument("--remake-synthetic", action="store_true",
                         help="first rewrite tools/proxy_slices/ with the current synthetic_heads.py")
+    parser.add_argument("--extra-real", nargs="+", default=(), metavar="FILE[:SLICE]",
+                        help="more real slices: 2D .npy arrays or NIfTI volumes (axial slice SLICE, default middle)")
     args = parser.parse_args(argv)
     if args.remake_synthetic:
         write_frozen_synthetic_slices()
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = args.work_dir or scratch
         os.makedirs(work_dir, exist_ok=True)
-        result = score(args.model, work_dir)
+        result = score(args.model, work_dir, args.extra_real)
     for row in result["slices"]:
         print(f"{row['name']:32s} model {row['model_psnr']:6.2f} dB  bicubic {row['bicubic_psnr']:6.2f} dB  "
               f"gain {row['gain']:+.2f}")
