@@ -1,6 +1,6 @@
 """Synthetic head slices for training: skull, scalp, random contrasts, bias, noise, resolutions.
 
-usage: python synthetic_heads.py --output-dir data/synthetic [--variants 6] [--step 8] [--seed 1337]
+usage: python synthetic_heads.py --output-dir data/synthetic [--variants 12] [--step 8] [--seed 1337]
 
 Users feed whole heads (skull, scalp, fat, a noisy background), of any contrast,
 at in-plane resolutions other than 1 mm; the MNI152 template is one smooth,
