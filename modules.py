@@ -237,14 +237,23 @@ def evaluate_pairs(model, dataset):
 
 # --- Training step and precision (shared by train.py and benchmark.py) ------
 
-def cpu_has_bf16():
-    """True on CPUs with native bfloat16 math (AVX-512 BF16 or AMX)."""
+# /proc/cpuinfo flags of native bfloat16 math: AVX-512 BF16 and AMX.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpuinfo_text():
+    """/proc/cpuinfo, or "" where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as info:
-            flags = info.read()
+            return info.read()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return ""
+
+
+def cpu_has_bf16():
+    """True on CPUs with native bfloat16 math (AVX-512 BF16 or AMX)."""
+    text = cpuinfo_text()
+    return any(flag in text for flag in BF16_CPU_FLAGS)
 
 
 def choose_precision(name):

@@ -271,11 +271,15 @@ def save_history_csv(rows, path):
     write_atomically(path, write)
 
 
-def save_training_plots(rows, output_dir):
-    """The seed report's two plots: PSNR per epoch; loss and val_loss per epoch."""
+def save_training_plots(rows, output_dir, loss_name=constants.LOSS):
+    """The seed report's two plots: PSNR per epoch; loss and val_loss per epoch.
+
+    val_loss is always the mean squared error; the training loss is --loss's.
+    """
     epochs = [row["epoch"] for row in rows]
+    loss_label = "MSE loss" if loss_name == "mse" else "loss (training: mean absolute error; val_loss: MSE)"
     for name, series, ylabel in (("psnr.png", ("val_psnr",), "mean PSNR (dB)"),
-                                 ("loss.png", ("loss", "val_loss"), "MSE loss")):
+                                 ("loss.png", ("loss", "val_loss"), loss_label)):
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
         for key in series:
@@ -412,7 +416,7 @@ def finish(model, state, args, run):
     model.set_weights([w.numpy() for w in state.best_weights])
     write_atomically(model_path, model.save)
     save_history_csv(rows, os.path.join(run.output_dir, "history.csv"))
-    save_training_plots(rows, run.output_dir)
+    save_training_plots(rows, run.output_dir, args.loss)
     best = min(rows, key=lambda row: row["val_loss"])
     print(f"best epoch {best['epoch'] + 1}: val_loss {best['val_loss']:.5f}, "
           f"val PSNR {best['val_psnr']:.2f} dB, val SSIM {best['val_ssim']:.4f}")
