@@ -39,7 +39,8 @@ def super_resolve(model, image, batch_size=None, ensemble=1):
         note = inference.non_finite_warning(n_nan, n_inf, nan_kept=True)
         return Image.fromarray(out, mode="F"), ".tif", inference.join_warnings(warning, note)
     if image.mode == "I":  # 32-bit integers: PNG holds 16 bits at most, TIFF holds them all
-        return Image.fromarray(upscale_grey(model, np.asarray(image), np.int32, batch_size, ensemble=ensemble)), ".tif", warning
+        out = upscale_grey(model, np.asarray(image), np.int32, batch_size, ensemble=ensemble)
+        return Image.fromarray(out), ".tif", warning
     if image.mode in HIGH_DEPTH_MODES:
         out = upscale_grey(model, np.asarray(image), np.uint16, batch_size, ensemble=ensemble)
         return Image.fromarray(out), ".png", warning
