@@ -108,9 +108,10 @@ INSET_FRACTION = 0.25
 PREDICT_BATCH_PIXELS = 2 ** 19
 # Self-ensemble: the model's output averaged over this many flips / quarter turns
 # of its input (1, 2, 4 or 8; EDSR's "+"), at as many times the work.  Measured
-# with the shipped model on six real slices of scans (tools/proxy_check.py's
-# three and three from dipy's wheel): 8 gained +0.13 dB mean and +0.27 dB on the
-# weakest slice over 1.  Images are milliseconds either way, so they get 8;
+# on six real slices of scans (tools/proxy_check.py's three and three from
+# dipy's wheel), 8 over 1: the shipped model +0.12 dB mean, +0.08 dB on its
+# weakest slice; the model it replaced +0.13 and +0.26 dB.  Images are
+# milliseconds either way, so they get 8;
 # a NIfTI volume of hundreds of slices would take 8x the minutes, so it gets 1.
 # predict.py --ensemble N sets both.
 ENSEMBLE_IMAGES = 8

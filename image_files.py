@@ -10,16 +10,17 @@ tile by tile and band by band, so memory stays near the output's own size.
 import numpy as np
 from PIL import Image
 
+import constants
 import inference
 import modules
 
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L")
-# Colour images are super-resolved in bands of this many input rows: bounds the memory of the colour
-# conversion to one band beside the output image.
-BAND_ROWS = 256
 # Input rows of context on each side of a band, more than the network's receptive radius (5) and
 # bicubic's support (2), so the bands join seamlessly.
 BAND_MARGIN = 8
+# Colour images are super-resolved in bands of this many input rows: bounds the memory of the colour
+# conversion to one band beside the output image.  A band and its context make one tile's rows.
+BAND_ROWS = constants.TILE_SIZE - 2 * BAND_MARGIN
 
 
 def super_resolve(model, image, batch_size=None, ensemble=1):

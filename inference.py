@@ -94,12 +94,18 @@ def trims_margin(model):
 # --- Feeding planes ----------------------------------------------------------
 
 def tile_grid(length, tile):
-    """Start offsets of the tiles covering `length` pixels, `tile` at a time."""
-    return list(range(0, length, tile)) if length > tile else [0]
+    """(start offsets, side) of the fewest tiles of at most `tile` pixels covering `length`, of nearly equal sides.
+
+    Balanced, so that a plane just over a tile is not cut into one full tile
+    and one sliver grown to a full tile (300 pixels: 2 tiles of 150, not 256 + 256).
+    """
+    count = -(-length // tile)
+    side = -(-length // count)
+    return list(range(0, length, side)), side
 
 
 # The flips and quarter turns of the self-ensemble, as (quarter turns, mirrored): the first
-# two and four keep a tile's shape; all eight need square tiles.
+# two and four keep a tile's shape; the last four turn it.
 DIHEDRAL_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
 
 
@@ -116,6 +122,13 @@ def unviewed(image, view):
     return image[:, ::-1] if mirrored else image
 
 
+def mean_of_views(outputs, views):
+    """The mean of a tile's outputs for each of `views`, each turned back first."""
+    if len(views) == 1:
+        return outputs[0]
+    return np.mean([unviewed(output, view) for output, view in zip(outputs, views)], axis=0)
+
+
 def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SIZE, progress=None,
                    ensemble=1):
     """Super-resolves (n, h, w) float planes in [0, 1], batch of tiles by batch of tiles.
@@ -125,7 +138,8 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
         planes: array-like of n (h, w) planes in [0, 1], all finite; read one at a time.
         write: called as write(index, top, left, block) for every output block, where `block` is a float32
             (rows, cols) array in [0, 1] and top/left are its position in the output plane `index`.
-        batch_size: tiles per model call; None: as many as hold constants.PREDICT_BATCH_PIXELS input pixels.
+        batch_size: model inputs per call (each view of the self-ensemble counts as one); None: as many as
+            hold constants.PREDICT_BATCH_PIXELS input pixels.
         tile: the largest tile side in input pixels; larger planes are cut into overlapping tiles.
         progress: a tqdm bar advanced by one per finished plane, or None.
         ensemble: 1 (the model once), or 2, 4 or 8: the mean of the model's outputs over that many of
@@ -140,15 +154,10 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
     batch, places = [], []
 
     def flush():
-        outputs = predict_clipped(model, np.stack(batch)[..., None])[..., 0]
+        outputs = predict_pieces(model, batch)
         for number, (index, top, left, rows, cols, last) in enumerate(places):
-            if ensemble == 1:
-                output = outputs[number]
-            else:
-                group = outputs[number * ensemble:(number + 1) * ensemble]
-                output = np.mean([unviewed(out, view) for out, view in zip(group, views)], axis=0)
-            crop = output[skip:skip + rows * factor, skip:skip + cols * factor]
-            write(index, top * factor, left * factor, crop)
+            output = mean_of_views(outputs[number * ensemble:(number + 1) * ensemble], views)
+            write(index, top * factor, left * factor, output[skip:skip + rows * factor, skip:skip + cols * factor])
             if last and progress is not None:
                 progress.update(1)
         batch.clear()
@@ -157,24 +166,35 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
     for index in range(len(planes)):
         plane = np.asarray(planes[index], np.float32)
         height, width = plane.shape
-        side_y, side_x = min(tile, height), min(tile, width)
+        (tops, side_y), (lefts, side_x) = tile_grid(height, tile), tile_grid(width, tile)
         padded = np.pad(plane, margin, mode="symmetric")
-        corners = [(top, left) for top in tile_grid(height, tile) for left in tile_grid(width, tile)]
+        corners = [(top, left) for top in tops for left in lefts]
         for number, (top, left) in enumerate(corners):
             rows, cols = min(side_y, height - top), min(side_x, width - left)
             piece = padded[top:top + rows + 2 * margin, left:left + cols + 2 * margin]
             # Edge tiles are extended to the common tile shape so that they batch; what is added lies
             # beyond the margin and never reaches the kept centre.
-            # Quarter turns need square tiles: extended the same way.
-            grown_y, grown_x = (max(side_y, side_x),) * 2 if ensemble == 8 else (side_y, side_x)
-            if (rows, cols) != (grown_y, grown_x):
-                piece = np.pad(piece, ((0, grown_y - rows), (0, grown_x - cols)), mode="edge")
+            if (rows, cols) != (side_y, side_x):
+                piece = np.pad(piece, ((0, side_y - rows), (0, side_x - cols)), mode="edge")
             batch.extend(viewed(piece, view) for view in views)
             places.append((index, top, left, rows, cols, number == len(corners) - 1))
             if len(batch) >= (batch_size or max(1, constants.PREDICT_BATCH_PIXELS // piece.size)):
                 flush()
     if batch:
         flush()
+
+
+def predict_pieces(model, pieces):
+    """Clipped float32 outputs for a list of 2D inputs, one model call per input shape (turned views differ)."""
+    by_shape = {}
+    for number, piece in enumerate(pieces):
+        by_shape.setdefault(piece.shape, []).append(number)
+    outputs = [None] * len(pieces)
+    for numbers in by_shape.values():
+        results = predict_clipped(model, np.stack([pieces[n] for n in numbers])[..., None])[..., 0]
+        for number, result in zip(numbers, results):
+            outputs[number] = result
+    return outputs
 
 
 def predict_clipped(model, batch):

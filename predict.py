@@ -48,7 +48,8 @@ def parse_args(argv=None):
                         help=f"a .keras model (default: <output-dir>/{constants.MODEL_FILENAME}, "
                              f"else {constants.PRETRAINED_MODEL})")
     parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="planes (or tiles) per inference batch; default: as many as hold "
+                        help="model inputs per inference batch (planes or tiles; each view of --ensemble counts); "
+                             "default: as many as hold "
                              f"{constants.PREDICT_BATCH_PIXELS} input pixels (constants.PREDICT_BATCH_PIXELS)")
     parser.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=None,
                         help="average the model over this many flips/quarter turns of each input (self-ensemble); "
@@ -75,6 +76,8 @@ def parse_args(argv=None):
         parser.error("argument --through-plane: needs --input (the NIfTI volumes to refine)")
     if args.compare and not args.input:
         parser.error("argument --compare: needs --input (the files to compare on)")
+    if args.ensemble and args.through_plane:
+        parser.error("argument --ensemble: not with --through-plane (its flips: constants.THROUGH_PLANE_FLIPS)")
     return args
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import constants
 import inference
 import modules
 from conftest import run_script
@@ -215,11 +216,20 @@ def test_served_valid_padding_gives_the_cropped_output_of_the_model_as_trained(p
     served = inference.load_model(path, precision)
     as_trained = modules.inference_model(inference.read_model_file(path), precision)  # "same" padding
     assert inference.trims_margin(served) and not inference.trims_margin(as_trained)
-    planes = np.random.default_rng(8).random((3, 23, 150)).astype(np.float32)  # two tiles a plane
-    for batch_size in (None, 2):
-        got = inference.upscale_stack(served, planes, batch_size)
-        np.testing.assert_allclose(got, inference.upscale_stack(as_trained, planes, batch_size), atol=1e-6)
-    assert got.shape == (3, 92, 600) and 0 <= got.min() and got.max() <= 1
+    planes = np.random.default_rng(8).random((3, 23, 300)).astype(np.float32)  # 2 tiles of 150 a plane
+    for batch_size, tile, ensemble in ((None, constants.TILE_SIZE, 1), (2, constants.TILE_SIZE, 1), (5, 16, 8)):
+        got = inference.upscale_stack(served, planes, batch_size, tile, ensemble)
+        want = inference.upscale_stack(as_trained, planes, batch_size, tile, ensemble)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        assert got.shape == (3, 92, 1200) and 0 <= got.min() and got.max() <= 1
+
+
+def test_tiles_are_the_fewest_of_nearly_equal_sides():
+    assert inference.tile_grid(300, 256) == ([0, 150], 150)
+    assert inference.tile_grid(256, 256) == ([0], 256)
+    assert inference.tile_grid(257, 256) == ([0, 129], 129)
+    assert inference.tile_grid(1, 256) == ([0], 1)
+    assert inference.tile_grid(53, 11) == ([0, 11, 22, 33, 44], 11)
 
 
 def test_receptive_radius_of_the_seed_model():

@@ -79,7 +79,11 @@ def real_slices():
 def extra_real_slices(specs):
     """(name, uint8 slice) of --extra-real files: FILE.npy (2D) or FILE.nii[.gz][:SLICE] (axial, default middle)."""
     for spec in specs:
-        path, _, index = spec.rpartition(":") if not os.path.exists(spec) else (spec, "", "")
+        path, _, index = spec.rpartition(":")
+        if not index.isdigit():
+            path, index = spec, ""
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: --extra-real {spec}: no such file")
         name = os.path.basename(path).split(".")[0]
         if path.endswith(".npy"):
             yield f"real_{name}", to_uint8(np.load(path))
@@ -87,6 +91,8 @@ def extra_real_slices(specs):
             volume = np.asanyarray(nib.load(path).dataobj).astype(np.float64)
             volume = volume.reshape(volume.shape[:3])  # a 4D file with one volume
             k = int(index) if index else volume.shape[2] // 2
+            if k >= volume.shape[2]:
+                raise SystemExit(f"error: --extra-real {spec}: slice {k} of {volume.shape[2]}")
             yield f"real_{name}_{k}", to_uint8(np.rot90(volume[:, :, k]))
 
 
