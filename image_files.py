@@ -87,9 +87,7 @@ def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=No
             limits = np.iinfo(dtype)
             result = np.clip(np.round(result), limits.min, limits.max)
         if nan_mask is not None:
-            rows = np.arange(top, top + block.shape[0]) // factor
-            cols = np.arange(left, left + block.shape[1]) // factor
-            result[nan_mask[np.ix_(rows, cols)]] = np.nan
+            inference.put_back_nan(result, nan_mask, top, left, factor)
         out[top:top + block.shape[0], left:left + block.shape[1]] = result
 
     plane = (values.astype(np.float32) - low) / span

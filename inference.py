@@ -8,8 +8,8 @@ it is comes out darker along its border (a flat 1x1 image of 77 came out at
 27-51).  Each plane is therefore first extended by the network's receptive
 radius with its own mirror image, edge pixels repeated (numpy's "symmetric"),
 and the matching border of the output is cropped away: a flat image stays
-flat (77 -> 76.7-77.3 before rounding).  Measured with the shipped model: the
-held-out split's mean PSNR is unchanged (33.5653 dB with zero, "edge" or
+flat (77 -> 76.7-77.3 before rounding).  Measured with the model shipped when
+this was chosen: the held-out split's mean PSNR is unchanged (33.5653 dB with zero, "edge" or
 "symmetric" padding, its slices have black borders); on 128x128 centre crops
 of those slices, where tissue touches the border, zero padding gives 29.38 dB,
 "symmetric" 29.17, "edge" 28.58 and "reflect" 27.49: the model has learnt the
@@ -255,6 +255,17 @@ def finite_copy(values):
     n_nan, n_inf = int(nan.sum()), int((~finite).sum() - nan.sum())
     clean = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
     return clean, (nan if n_nan else None), n_nan, n_inf
+
+
+def put_back_nan(block, nan_mask, top, left, factor):
+    """Sets NaN in an output `block` (at top, left of the output plane) wherever its input pixel was NaN.
+
+    `nan_mask` is the input plane's mask (finite_copy's); each input pixel
+    covers factor x factor output pixels.
+    """
+    rows = np.arange(top, top + block.shape[0]) // factor
+    cols = np.arange(left, left + block.shape[1]) // factor
+    block[nan_mask[np.ix_(rows, cols)]] = np.nan
 
 
 def non_finite_warning(n_nan, n_inf, nan_kept):

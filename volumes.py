@@ -228,9 +228,7 @@ def plane_writer(image, out_planes, volume, nan_mask, axis, factor):
     def write(index, top, left, block):
         values = np.clip(block * (high - low) + low, floor, ceiling)
         if nan_planes is not None and keeps_nan:
-            rows = np.arange(top, top + block.shape[0]) // factor
-            cols = np.arange(left, left + block.shape[1]) // factor
-            values[nan_planes[index][np.ix_(rows, cols)]] = np.nan
+            inference.put_back_nan(values, nan_planes[index], top, left, factor)
         out_planes[index, top:top + block.shape[0], left:left + block.shape[1]] = \
             to_stored(values, image, out_planes.dtype)
 
