@@ -42,6 +42,17 @@ def upscale_factor(text):
     return value
 
 
+def filter_counts(text):
+    """The feature convolutions' filter counts: three positive integers, e.g. "64,64,32"."""
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"must be three counts like 64,64,32, got {text!r}")
+    counts = tuple(positive_int(part.strip()) for part in parts)
+    if max(counts) > 1024:
+        raise argparse.ArgumentTypeError(f"at most 1024 filters a layer, got {text!r}")
+    return counts
+
+
 def write_atomically(path, write):
     """Calls write(tmp_path), then renames tmp_path to path: `path` is never half-written.
 

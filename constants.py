@@ -36,7 +36,8 @@ SAMPLE_GAP_SLICES = 6
 # x4 in each direction (64x64 -> 256x256).  The model can be built for 2-8,
 # but the pretrained model and all reported figures are x4.
 UPSCALE_FACTOR = 4
-# Filters of the seed's three feature convolutions (ESPCN, Shi et al. 2016).
+# Filters of the seed's three feature convolutions (ESPCN, Shi et al. 2016);
+# the pretrained model has these.  --filters trains a wider (slower) variant.
 FILTERS = (64, 64, 32)
 
 # --- Training ---------------------------------------------------------------

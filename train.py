@@ -37,7 +37,7 @@ import constants  # noqa: E402
 import dataset  # noqa: E402
 import modules  # noqa: E402
 from backups import TrainingState  # noqa: E402
-from cli import (OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size,  # noqa: E402
+from cli import (OneLineErrorParser, check_output_dir, filter_counts, positive_float, positive_int, target_size,  # noqa: E402
                  upscale_factor, write_atomically)
 from tensorflow_env import keras, tf  # noqa: E402
 
@@ -82,6 +82,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=constants.SEED, help="fixes the split, crops and augmentation")
     parser.add_argument("--upscale-factor", type=upscale_factor, default=constants.UPSCALE_FACTOR,
                         help="2 to 8; the pretrained model and reported results are x4")
+    parser.add_argument("--filters", type=filter_counts, default=constants.FILTERS, metavar="N,N,N",
+                        help="the three feature convolutions' filters (the seed's ESPCN: 64,64,32); a wider model is "
+                             "slower to train and to use")
     parser.add_argument("--through-plane-factor", type=upscale_factor, default=None,
                         help="train the through-plane (1-D) model: thick slices of this many fine rows -> fine rows")
     parser.add_argument("--patch-size", type=non_negative_int, default=constants.PATCH_SIZE,
@@ -171,7 +174,7 @@ def run_settings(args, policy, jit, replicas, split):
         "--extra-train-dir": [os.path.abspath(folder) for folder in args.extra_train_dir or ()] or None,
         "extra training files": backups.files_fingerprint(extra) if extra else None,
         "--seed": args.seed, "--upscale-factor": args.upscale_factor, "--target-size": args.target_size,
-        "--through-plane-factor": args.through_plane_factor,
+        "--through-plane-factor": args.through_plane_factor, "--filters": list(args.filters),
         "--patch-size": args.patch_size, "--patches-per-image": args.patches_per_image,
         "--augment": args.augment, "--batch-size": args.batch_size, "replicas": replicas,
         "--loss": args.loss, "--learning-rate": args.learning_rate, "--lr-schedule": args.lr_schedule, "--epochs": args.epochs,
@@ -330,8 +333,8 @@ def build_model(args, run, plan):
     """The model (x upscale in both directions, or the 1-D through-plane one) and its optimizer, made (and the
     optimizer's slots built) under the strategy's scope."""
     with run.strategy.scope():
-        model = modules.get_model_1d(args.through_plane_factor) if args.through_plane_factor \
-            else modules.get_model(args.upscale_factor)
+        model = modules.get_model_1d(args.through_plane_factor, filters=args.filters) if args.through_plane_factor \
+            else modules.get_model(args.upscale_factor, filters=args.filters)
         optimizer = make_optimizer(args, plan.steps, run.replicas, run.policy)
         optimizer.build(model.trainable_variables)
     return model, optimizer

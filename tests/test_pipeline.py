@@ -6,7 +6,9 @@ import os
 import numpy as np
 from PIL import Image
 
+import modules
 from conftest import run_script, write_tree
+from tensorflow_env import keras
 
 
 def test_train_then_predict_writes_every_output(tmp_path):
@@ -48,3 +50,20 @@ def test_help_lists_every_flag_with_defaults():
         for flag in flags:
             assert flag in result.stdout, (script, flag)
         assert "default" in result.stdout
+
+
+def test_filters_flag_trains_a_wider_or_narrower_espcn_that_predict_uses(tmp_path):
+    data = write_tree(tmp_path / "AD_NC", n_train=4, n_test=1)
+    out = tmp_path / "out"
+    result = run_script("train.py", "--data-dir", data, "--output-dir", str(out), "--epochs", "1", "--batch-size", "2",
+                        "--patch-size", "32", "--filters", "8,12,4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = keras.models.load_model(str(out / "espcn.keras"), safe_mode=True, compile=False)
+    assert [model.get_layer(name).filters for name in ("conv1", "conv2", "conv3")] == [8, 12, 4]
+    assert modules.model_upscale_factor(model) == 4
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 28), dtype=np.uint8)).save(tmp_path / "s.png")
+    result = run_script("predict.py", "--model", str(out / "espcn.keras"), "--input", str(tmp_path / "s.png"),
+                        "--output-dir", str(tmp_path / "sr"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with Image.open(tmp_path / "sr" / "s_x4.png") as image:
+        assert image.size == (112, 80)
