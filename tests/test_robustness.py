@@ -61,7 +61,8 @@ def test_bad_data_dir_is_one_line_and_non_zero(tmp_path, case):
                                          (["--upscale-factor", "3x"], "--upscale-factor"),
                                          (["--upscale-factor", "16"], "--upscale-factor"),
                                          (["--pipeline-batches", "0"], "--pipeline-batches"),
-                                         (["--filters", "64,64"], "--filters"), (["--filters", "64,0,32"], "--filters")])
+                                         (["--filters", "64,64"], "--filters"),
+                                         (["--filters", "64,0,32"], "--filters")])
 def test_bad_flags_are_one_line(flags, named):
     result = run_script("train.py", *flags)
     assert result.returncode == 2
