@@ -3,26 +3,26 @@
 usage: python benchmark.py [--batch-size 16] [--precision auto] [--predict-precision auto] [--jit auto]
                            [--repeats 5] [--skip-volume] [--json]
 
-Reports, for 64x64 -> 256x256 x4 batches of random data after warm-up, the
-median over several repeats of:
-- training images per second (train.py's training step);
+Reports, for 64x64 -> 256x256 x4 after warm-up, the median over several
+repeats of:
+- training images per second (train.py's training step, random batches);
 - inference images per second of the very function predict.py runs on the
-  user's planes (inference.upscale_stack: batching, mirror padding, tiling,
-  clipping) on the model as predict.py loads it (inference.load_model, so its
-  precision and its "valid" padding too; one pass, predict's default for
-  volumes: images get an 8-view self-ensemble), and of the bare model call (the
-  network as trained, in the same precision), for comparison with other
-  frameworks;
+  user's planes (inference.upscale_stack: edges, batching, tiling, clipping) on
+  the model as predict.py loads it (inference.load_model, in predict's
+  precision; one pass, predict's default for volumes: images get an 8-view
+  self-ensemble), on planes like the ones users bring: the embedded test
+  slices area-downsampled to 64x64 (their black border is served as trained);
+  the same planes through the mirror-margin path (what small and flat planes
+  take); and the bare model call on random batches, for comparison with
+  other frameworks;
 - the GFLOP/s these achieve against this machine's measured matrix-multiply peak;
 then the end-to-end slices per second of `predict.py --input VOLUME.nii.gz` on
 a generated 64-slice 256x256 int16 NIfTI volume (reading and writing
-included; run in-process through predict.main, so TensorFlow's start-up is
+included; the library calls predict.py makes, in-process, so TensorFlow's start-up is
 excluded), and the per-epoch time of train.py's real input pipeline on the
 embedded data (pipeline alone, so one can see it never starves the model).
 With --json the last line printed is one JSON object with the results.
 """
-import contextlib
-import io
 import json
 import os
 import statistics
@@ -37,7 +37,7 @@ import constants
 import dataset
 import inference
 import modules
-import predict
+import volumes
 from cli import OneLineErrorParser, positive_int
 from tensorflow_env import keras, tf
 
@@ -104,16 +104,21 @@ def served_model(model, directory, precision):
     return inference.load_model(path, precision), path
 
 
-def benchmark_model(args, policy, directory):
-    """Median images/s of training, of predict.py's inference and of the bare model call, on random data.
+def test_planes(data_dir, size):
+    """The embedded test split's slices, area-downsampled to size x size (x4 smaller than the model's output)."""
+    dataset.prepare_data_dir(data_dir)
+    test = dataset.load_slices(dataset.list_images(os.path.join(data_dir, "test")), size * constants.UPSCALE_FACTOR,
+                               progress=False)
+    return dataset.downsample(dataset.to_unit_float(test.images), constants.UPSCALE_FACTOR).numpy()[..., 0]
 
-    Returns (model, served model, its saved path, rates, jit).
+
+def benchmark_model(args, policy, directory):
+    """Median images/s of training, of predict.py's inference (both edge paths) and of the bare model call.
+
+    Returns (model, served model, its saved path, rates, jit, share of the planes served as trained).
     """
-    keras.mixed_precision.set_global_policy(policy)
-    model = modules.get_model(constants.UPSCALE_FACTOR)
-    optimizer = keras.optimizers.Adam(constants.LEARNING_RATE)
-    if policy == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model = modules.get_model(constants.UPSCALE_FACTOR, dtype=policy)
+    optimizer = modules.adam(constants.LEARNING_RATE, policy)
     strategy = tf.distribute.get_strategy()
     jit = modules.use_xla(args.jit, policy)
     train_step = modules.make_train_step(model, optimizer, strategy, jit)
@@ -121,10 +126,11 @@ def benchmark_model(args, policy, directory):
     x = tf.random.uniform((args.steps, batch, size, size, 1))
     y = tf.random.uniform((args.steps, batch, size * factor, size * factor, 1))
     served, path = served_model(model, directory, args.predict_precision)
-    # The bare call: the network as trained ("same" padding, no margin, no clipping) in the served precision.
-    as_trained = modules.inference_model(model, args.predict_precision)
-    bare = tf.function(lambda inputs: as_trained(inputs, training=False))  # XLA measured slower here
-    planes = x.numpy()[..., 0].reshape(-1, size, size)
+    # The bare call: the served network on random batches (no edges, batching or clipping).
+    bare = tf.function(lambda inputs: served(inputs, training=False))  # XLA measured slower here
+    planes = test_planes(args.data_dir, size)
+    margin = inference.receptive_radius(served)
+    as_trained = float(np.mean([inference.serves_as_trained(plane, margin) for plane in planes]))
 
     def train_once():
         for i in range(args.steps):
@@ -137,17 +143,21 @@ def benchmark_model(args, policy, directory):
         # predict.py's own batching too (constants.PREDICT_BATCH_PIXELS), not --batch-size.
         inference.upscale_stack(served, planes)
 
+    def mirror_once():
+        inference.upscale_stack(served, planes, edges="mirror")
+
     def bare_model_once():
         for i in range(args.steps):
             out = bare(x[i])
         out.numpy()
 
-    for warm in (train_once, infer_once, bare_model_once):
+    for warm in (train_once, infer_once, mirror_once, bare_model_once):
         warm()
     rates = {"train": time_repeats(train_once, args.repeats, args.steps * batch),
-             "infer": time_repeats(infer_once, args.repeats, args.steps * batch),
+             "infer": time_repeats(infer_once, args.repeats, len(planes)),
+             "infer_mirror": time_repeats(mirror_once, args.repeats, len(planes)),
              "model_infer": time_repeats(bare_model_once, args.repeats, args.steps * batch)}
-    return model, served, path, rates, jit
+    return model, served, path, rates, jit, as_trained
 
 
 def phantom_volume(slices, size, seed=0):
@@ -164,24 +174,24 @@ def phantom_volume(slices, size, seed=0):
 
 
 def volume_seconds(model_path, slices, size, directory):
-    """Seconds of `predict.py --input VOLUME.nii.gz` in-process, first run and a second (warm) run.
+    """Seconds of predict.py's in-plane NIfTI job, first run and a second (warm) run.
 
-    Reading, scaling, inference and writing the x4 .nii.gz are all timed;
-    TensorFlow's import is not (it happened when this script started).
+    The library calls predict.py makes (loading the model, reading, scaling,
+    inference, writing the x4 .nii.gz) are all timed; TensorFlow's import is
+    not (it happened when this script started).
     """
     volume_path = os.path.join(directory, "volume.nii.gz")
+    out_path = os.path.join(directory, "volume_x4.nii.gz")
     nib.save(nib.Nifti1Image(phantom_volume(slices, size), np.diag([1.0, 1.0, 1.0, 1.0])), volume_path)
-    argv = ["--input", volume_path, "--model", model_path, "--output-dir", os.path.join(directory, "out")]
     seconds = []
     for _ in range(2):
-        log = io.StringIO()
         start = time.perf_counter()
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            code = predict.main(argv)
+        model = inference.load_model(model_path, constants.PREDICT_PRECISION)
+        image, data = volumes.load_volume(volume_path)
+        out = volumes.super_resolve_in_plane(model, image, data, 2, ensemble=constants.ENSEMBLE_VOLUMES)[0]
+        volumes.save_resampled(image, out, volumes.in_plane_factors(2, constants.UPSCALE_FACTOR), out_path)
         seconds.append(time.perf_counter() - start)
-        if code != 0:
-            raise RuntimeError(f"predict.py failed on the benchmark volume: {log.getvalue()[-2000:]}")
-        os.remove(os.path.join(directory, "out", "volume_x4.nii.gz"))
+        os.remove(out_path)
     return seconds
 
 
@@ -195,6 +205,16 @@ def pipeline_epoch_seconds(data_dir, batch_size):
     start = time.perf_counter()
     count = sum(int(low_res.shape[0]) for low_res, _ in batches)
     return time.perf_counter() - start, count
+
+
+# The /proc/cpuinfo flags that decide which oneDNN kernels run: vector width and bfloat16/AMX units.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_speed_flags():
+    """Which of SPEED_FLAGS this CPU has, as one string ("avx2 avx512f avx512_bf16")."""
+    flags = modules.cpu_flags()
+    return " ".join(flag for flag in SPEED_FLAGS if flag in flags) or "none of " + " ".join(SPEED_FLAGS)
 
 
 def cpu_name():
@@ -211,13 +231,14 @@ def measure(args, directory):
     peak_dtype = tf.bfloat16 if policy == "mixed_bfloat16" else tf.float16 if policy == "mixed_float16" \
         else tf.float32
     peak = matmul_peak_gflops(peak_dtype)
-    model, served, model_path, rates, jit = benchmark_model(args, policy, directory)
+    model, served, model_path, rates, jit, as_trained = benchmark_model(args, policy, directory)
     forward = model_flops_per_image(model, args.input_size)
     result = {
-        "machine": cpu_name(), "tensorflow": tf.__version__, "precision": policy, "jit": jit,
-        "infer_precision": served.get_layer("conv1").dtype_policy.name, "batch_size": args.batch_size,
-        "input_size": args.input_size,
+        "machine": cpu_name(), "cpu_flags": cpu_speed_flags(), "tensorflow": tf.__version__, "precision": policy,
+        "jit": jit, "infer_precision": served.get_layer("conv1").dtype_policy.name, "batch_size": args.batch_size,
+        "input_size": args.input_size, "infer_planes_served_as_trained": round(as_trained, 3),
         "train_images_per_s": round(rates["train"], 1), "infer_images_per_s": round(rates["infer"], 1),
+        "infer_mirror_images_per_s": round(rates["infer_mirror"], 1),
         "model_infer_images_per_s": round(rates["model_infer"], 1),
         "train_gflops": round(rates["train"] * 3 * forward / 1e9, 1),
         "infer_gflops": round(rates["model_infer"] * forward / 1e9, 1),
@@ -242,13 +263,16 @@ def measure(args, directory):
 
 def print_report(result, args):
     out_size = args.input_size * constants.UPSCALE_FACTOR
+    print(f"CPU flags: {result['cpu_flags']}")
     print(f"{result['machine']}; precision {result['precision']} (inference {result['infer_precision']}), "
           f"XLA {'on' if result['jit'] else 'off'}, batch {args.batch_size}, "
           f"{args.input_size}x{args.input_size} -> {out_size}x{out_size}")
     print(f"train: {result['train_images_per_s']} img/s ({result['train_gflops']} GFLOP/s, "
           f"{100 * result['train_fraction_of_peak']:.0f}% of the {result['matmul_peak_gflops']:.0f} GFLOP/s "
           f"matmul peak)")
-    print(f"infer: {result['infer_images_per_s']} img/s as predict.py runs it; bare model call "
+    print(f"infer: {result['infer_images_per_s']} img/s as predict.py runs it on the test slices "
+          f"({100 * result['infer_planes_served_as_trained']:.0f}% served as trained, the rest with the mirror margin); "
+          f"all with the mirror margin {result['infer_mirror_images_per_s']} img/s; bare model call "
           f"{result['model_infer_images_per_s']} img/s ({result['infer_gflops']} GFLOP/s, "
           f"{100 * result['infer_fraction_of_peak']:.0f}% of peak)")
     if "volume_slices_per_s" in result:

@@ -94,6 +94,10 @@ MODEL_FILENAME = "espcn.keras"
 # Committed model, trained by train.py with the command in README.md; predict.py
 # falls back to it when no freshly trained model exists at --model's default.
 PRETRAINED_MODEL = "pretrained/espcn_x4.keras"
+# A DICOM series is written back as NIfTI ("nifti"), as a new DICOM series
+# beside the original ("dicom", for PACS and viewers), or "both"; other inputs
+# are written in their own format.  predict.py --output-format.
+OUTPUT_FORMAT = "nifti"
 # Number of test images in the comparison figure (the seed's multi_comp_5.png).
 FIGURE_IMAGES = 5
 # Side of the zoomed inset's region in the comparison figures, as a share of the
@@ -123,6 +127,17 @@ ENSEMBLE_VOLUMES = 1
 # (with PREDICT_BATCH_PIXELS).  Larger tiles carry less margin: 256x256 and
 # 512x512 planes ran 3-4% faster in tiles of 256 than of 128 (2-core EPYC, BF16).
 TILE_SIZE = 256
+# Edges (inference.py's docstring has the measurements): a plane is fed to the
+# network as it was trained (its convolutions zero-pad), except planes smaller
+# than MIRROR_BELOW input pixels a side (on tissue crops the mirror margin won
+# below about 24, as trained won from 28 up) and planes whose border ring is
+# flat (its values span at most FLAT_BORDER_SPAN on [0, 1]) above the background
+# (BACKGROUND_LEVEL): zero padding darkens a flat border by up to 7/255, and
+# under 0.5/255 at or below 0.02.  predict.py --edges trained|mirror overrides.
+EDGES = "auto"
+MIRROR_BELOW = 24
+FLAT_BORDER_SPAN = 2 / 255
+BACKGROUND_LEVEL = 0.02
 # An output is refused up front when this many times its size exceeds the free
 # memory: room for the output array plus what the image/NIfTI writers copy.
 OUTPUT_MEMORY_FACTOR = 2.0
@@ -147,6 +162,17 @@ ADAPT_PATCH = 64
 ADAPT_BATCH_SIZE = 16
 ADAPT_LEARNING_RATE = 2e-4
 ADAPT_SCRATCH_LEARNING_RATE = 1e-3  # factors without a pretrained model train from scratch
+# Adaptation stops early when the model's loss on ADAPT_VALIDATION_CROPS fixed
+# crops of the volume itself has not improved by ADAPT_MIN_GAIN (relative) for
+# ADAPT_PATIENCE checks, one every ADAPT_CHECK_STEPS steps; the best check's
+# weights are kept.  Most of adaptation's gain comes early (README).
+ADAPT_VALIDATION_CROPS = 32
+ADAPT_CHECK_STEPS = 25
+ADAPT_PATIENCE = 4
+ADAPT_MIN_GAIN = 0.002
+# At most this many adaptation steps (predict.py --adapt-max-steps): a bound
+# that does not depend on the machine's speed, for runs that must repeat.
+ADAPT_MAX_STEPS = 5000
 # Slice profile of the thick slices: "box" (mean of the fine slices it covers,
 # no gap) or "gaussian" (FWHM = the slice thickness).
 SLICE_PROFILE = "box"

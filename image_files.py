@@ -23,10 +23,10 @@ BAND_MARGIN = 8
 BAND_ROWS = constants.TILE_SIZE - 2 * BAND_MARGIN
 
 
-def super_resolve(model, image, batch_size=None, ensemble=1):
+def super_resolve(model, image, batch_size=None, ensemble=1, edges="auto"):
     """(output PIL image, file suffix, warning or None) for a decoded PIL image of any mode.
 
-    batch_size and ensemble are inference.upscale_planes'.
+    batch_size, ensemble and edges are inference.upscale_planes'.
     """
     factor = modules.model_upscale_factor(model)
     warning = frames_warning(image)
@@ -36,22 +36,23 @@ def super_resolve(model, image, batch_size=None, ensemble=1):
         image = image.convert("L" if image.mode == "1" else "RGB")
     if image.mode == "F":
         values, nan_mask, n_nan, n_inf = inference.finite_copy(np.asarray(image, np.float32))
-        out = upscale_grey(model, values, np.float32, batch_size, nan_mask=nan_mask, ensemble=ensemble)
+        out = upscale_grey(model, values, np.float32, batch_size, nan_mask=nan_mask, ensemble=ensemble,
+                           edges=edges)
         note = inference.non_finite_warning(n_nan, n_inf, nan_kept=True)
         return Image.fromarray(out, mode="F"), ".tif", inference.join_warnings(warning, note)
     if image.mode == "I":  # 32-bit integers: PNG holds 16 bits at most, TIFF holds them all
-        out = upscale_grey(model, np.asarray(image), np.int32, batch_size, ensemble=ensemble)
+        out = upscale_grey(model, np.asarray(image), np.int32, batch_size, ensemble=ensemble, edges=edges)
         return Image.fromarray(out), ".tif", warning
     if image.mode in HIGH_DEPTH_MODES:
-        out = upscale_grey(model, np.asarray(image), np.uint16, batch_size, ensemble=ensemble)
+        out = upscale_grey(model, np.asarray(image), np.uint16, batch_size, ensemble=ensemble, edges=edges)
         return Image.fromarray(out), ".png", warning
     size = (image.width * factor, image.height * factor)
     alpha = image.getchannel("A").resize(size, Image.BICUBIC) if image.mode in ("RGBA", "LA", "PA") else None
     if image.mode in ("L", "LA"):
         result = Image.fromarray(upscale_grey(model, np.asarray(image.getchannel("L")), np.uint8, batch_size,
-                                              full_range=True, ensemble=ensemble))
+                                              full_range=True, ensemble=ensemble, edges=edges))
         return (Image.merge("LA", (result, alpha)) if alpha is not None else result), ".png", warning
-    result = upscale_colour(model, image.convert("RGB"), batch_size, ensemble)
+    result = upscale_colour(model, image.convert("RGB"), batch_size, ensemble, edges)
     if alpha is not None:
         result.putalpha(alpha)
     return result, ".png", warning
@@ -64,7 +65,7 @@ def frames_warning(image):
     return None
 
 
-def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=None, ensemble=1):
+def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=None, ensemble=1, edges="auto"):
     """The upscaled (H*f, W*f) array of `dtype` for a greyscale array.
 
     The network sees 8-bit images on their type's full range (`full_range`),
@@ -91,21 +92,25 @@ def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=No
         out[top:top + block.shape[0], left:left + block.shape[1]] = result
 
     plane = (values.astype(np.float32) - low) / span
-    inference.upscale_planes(model, plane[None], write, batch_size, ensemble=ensemble)
+    inference.upscale_planes(model, plane[None], write, batch_size, ensemble=ensemble, edges=edges)
     return out
 
 
-def upscale_colour(model, image, batch_size, ensemble=1):
+def upscale_colour(model, image, batch_size, ensemble=1, edges="auto"):
     """The upscaled RGB PIL image of an RGB PIL image: Y by the model, chroma bicubic, band by band.
 
     Each band of input rows is super-resolved with BAND_MARGIN rows of real
     context on either side (more than the network's receptive radius and
     bicubic's support), and only its centre is kept, so the bands join into
     exactly the whole-image result while memory holds one output image plus
-    one band.
+    one band.  The edges are decided once, on the whole image's luma, so that
+    every band takes the same path.
     """
     factor = modules.model_upscale_factor(model)
     ycbcr = image.convert("YCbCr")
+    if edges == "auto":
+        luma = np.asarray(ycbcr.getchannel("Y"), np.float32) / 255.0
+        edges = "trained" if inference.serves_as_trained(luma, inference.receptive_radius(model)) else "mirror"
     result = Image.new("RGB", (image.width * factor, image.height * factor))
     inference.check_output_fits(image.width * image.height * factor ** 2 * 4, "the output")
     for top in range(0, image.height, BAND_ROWS):
@@ -116,7 +121,7 @@ def upscale_colour(model, image, batch_size, ensemble=1):
         keep = (0, (top - start) * factor, size[0], (bottom - start) * factor)
         y, cb, cr = band.split()
         out_y = Image.fromarray(upscale_grey(model, np.asarray(y), np.uint8, batch_size, full_range=True,
-                                           ensemble=ensemble))
+                                           ensemble=ensemble, edges=edges))
         channels = (out_y, cb.resize(size, Image.BICUBIC), cr.resize(size, Image.BICUBIC))
         result.paste(Image.merge("YCbCr", channels).crop(keep).convert("RGB"), (0, top * factor))
     return result

@@ -1,34 +1,46 @@
 """Running a trained ESPCN on the user's data: loading it, and feeding it planes of any size.
 
-Every prediction predict.py makes (images, volumes, --compare, the test split)
-goes through `upscale_planes`, and benchmark.py times that same function.
+Every prediction (images, volumes, --compare, the test split, through-plane)
+goes through `upscale_planes`, and benchmark.py times that same function.  It
+runs both kinds of model: the in-plane ESPCN (x r along rows and columns) and
+the through-plane one (x F along rows only, modules.upscale_factors).
 
-Edges: the network pads each convolution with zeros, so a small image fed as
-it is comes out darker along its border (a flat 1x1 image of 77 came out at
-27-51).  Each plane is therefore first extended by the network's receptive
-radius with its own mirror image, edge pixels repeated (numpy's "symmetric"),
-and the matching border of the output is cropped away: a flat image stays
-flat (77 -> 76.7-77.3 before rounding).  Measured with the model shipped when
-this was chosen: the held-out split's mean PSNR is unchanged (33.5653 dB with zero, "edge" or
-"symmetric" padding, its slices have black borders); on 128x128 centre crops
-of those slices, where tissue touches the border, zero padding gives 29.38 dB,
-"symmetric" 29.17, "edge" 28.58 and "reflect" 27.49: the model has learnt the
-zero-padded borders of its training crops, and "symmetric" is the padding
-closest to that which keeps flat images flat.
-
-Speed: load_model rebuilds the network with "valid" padding, so it computes
-only the pixels that are kept (each convolution trims its radius from the
-margin) instead of convolving the whole padded plane and cropping: the same
-output bit for bit, and a 64x64 plane costs 1.10x its own pixels' work
-instead of 1.34x (74x74).  Any "same"-padded ESPCN (a model being trained)
-is also accepted, and its output is cropped.
+Edges (issue 14's question, settled by measurement; pretrained x4 model,
+float32, 2-core AMD EPYC with AVX-512 BF16).  The network pads every
+convolution with zeros, and it was trained so: its training crops are
+zero-padded by its own "same" convolutions.  So a plane is served *as
+trained*, fed as it is, wherever that is not measurably worse:
+- on whole held-out slices (black border) it gives what a mirror margin
+  gives (33.2847 dB both, largest difference 0.0007 on [0, 1]);
+- on crops where tissue touches the border it is better: 29.24 against
+  28.95 dB (128x128 crops, 38 slices) and 28.53 against 28.21 (96x96);
+- on small crops of tissue the mirror margin is better below about 24 input
+  pixels a side (2x2: 31.1 against 27.2 dB; 12x12: 29.16 against 29.05;
+  20x20 and 24x24 a tie; 28x28: 29.41 against 29.54; 200 crops a size), as
+  the whole plane lies inside or near the receptive radius;
+- a flat plane does not stay flat under zero padding at any size: its
+  outermost output pixels come back darker by up to 2.6/255 (at 77/255) and
+  7.3/255 (at 255) on planes of 6x6 to 128x128, against 0.5 and 1.4/255 with
+  the mirror margin, which is the model's own flat response.
+Hence the rule (`serves_as_trained`): a plane smaller than
+constants.MIRROR_BELOW a side, or whose border ring (receptive radius wide) is
+flat at a level above the background, is extended by the network's receptive
+radius with its own mirror image (numpy's "symmetric") and that border of the
+output is cropped; every other plane is fed as it is.  Serving as trained is
+also the least work there is (the network computes only the plane's own
+pixels) and the computation other frameworks do, so it is the fastest path on
+every CPU measured, AMX included (issue 20); the mirror margin costs 1.34x for
+a 64x64 plane, and is taken only by the small and flat planes above.
 
 Size: a plane larger than TILE_SIZE is cut into overlapping tiles; each tile
-carries a margin of the receptive radius from its neighbours (or the mirror
-padding at the plane's border), and only its centre is kept, so the result is
-the same as feeding the whole plane at once, with memory bounded by one batch
-of tiles.  Outputs are handed block by block to a `write` callback, so the
-caller can store them straight into an array of the output's own data type.
+carries a margin of the receptive radius from its neighbours (at the plane's
+border: the mirror margin, or nothing when served as trained, exactly as the
+whole plane is fed), and only its centre is kept, so the result is the same as
+feeding the whole plane at once, with memory bounded by one batch of tiles.
+All tiles of a plane have one shape (those at the far border take more of
+their neighbour instead of less), so they batch.  Outputs are handed block by
+block to a `write` callback, so the caller can store them straight into an
+array of the output's own data type.
 """
 import os
 import zipfile
@@ -43,15 +55,14 @@ from tensorflow_env import keras, tf
 # --- Loading -----------------------------------------------------------------
 
 def load_model(path, precision=constants.PREDICT_PRECISION):
-    """Loads a one-channel .keras ESPCN with safe_mode on; ValueError naming the file if it cannot.
+    """Loads a one-channel .keras ESPCN (in-plane) with safe_mode on; ValueError naming the file if it cannot.
 
-    The model is returned rebuilt as upscale_planes runs it: computing under
-    `precision`, with "valid" padding (see modules.inference_model), so its
-    input must carry a margin of receptive_radius pixels on every side.
+    The model is returned rebuilt to compute under `precision`
+    (modules.inference_model), as upscale_planes runs it.
     """
     model = read_model_file(path)
     check_is_espcn(model, path)
-    return modules.inference_model(model, precision, padding="valid")
+    return modules.inference_model(model, precision)
 
 
 def read_model_file(path):
@@ -84,11 +95,6 @@ def receptive_radius(model):
     """Input pixels on each side that one output pixel depends on (5 for the seed's 5-3-3-3 convolutions)."""
     return sum((layer.kernel_size[0] - 1) // 2 for layer in model.layers
                if isinstance(layer, keras.layers.Conv2D))
-
-
-def trims_margin(model):
-    """True for a "valid"-padded model, whose output already lacks the margin of its input."""
-    return model.get_layer("conv1").padding == "valid"
 
 
 # --- Feeding planes ----------------------------------------------------------
@@ -129,12 +135,59 @@ def mean_of_views(outputs, views):
     return np.mean([unviewed(output, view) for output, view in zip(outputs, views)], axis=0)
 
 
+def views_for(model, ensemble):
+    """The first `ensemble` of DIHEDRAL_VIEWS; ValueError where the model cannot take that many.
+
+    A through-plane model refines rows only, so only the four views that keep
+    rows as rows (the flips) apply to it.
+    """
+    if ensemble not in (1, 2, 4, 8):
+        raise ValueError(f"--ensemble must be 1, 2, 4 or 8, got {ensemble}")
+    rows, cols = modules.upscale_factors(model)
+    if rows != cols and ensemble > 4:
+        raise ValueError(f"a through-plane model averages at most 4 flips, got --ensemble {ensemble}")
+    return DIHEDRAL_VIEWS[:ensemble]
+
+
+def border_ring(plane, width):
+    """The values within `width` pixels of the border of an (h, w) plane, flattened."""
+    height, columns = plane.shape
+    if min(height, columns) <= 2 * width:
+        return plane.ravel()
+    return np.concatenate([plane[:width].ravel(), plane[-width:].ravel(),
+                           plane[width:-width, :width].ravel(), plane[width:-width, -width:].ravel()])
+
+
+def serves_as_trained(plane, margin):
+    """True where `plane` is fed to the network as it is; False where it takes the mirror margin.
+
+    See the module docstring for the measurements: small planes and planes
+    whose border ring is flat above the background take the mirror margin.
+    """
+    if min(plane.shape) < constants.MIRROR_BELOW:
+        return False
+    ring = border_ring(plane, margin)
+    low, high = float(ring.min()), float(ring.max())
+    return high - low > constants.FLAT_BORDER_SPAN or high <= constants.BACKGROUND_LEVEL
+
+
+def tile_window(start, length, side, margin, extent):
+    """(first, size) of the input window of a tile at `start` of `length` pixels, inside [0, extent).
+
+    The window reaches `margin` pixels beyond the tile on both sides and has
+    side + 2 margin pixels (or all of `extent`, if smaller) for every tile, so
+    tiles batch: at the far border it takes more of its neighbour.
+    """
+    size = min(extent, side + 2 * margin)
+    return int(np.clip(start - margin, 0, extent - size)), size
+
+
 def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SIZE, progress=None,
-                   ensemble=1):
+                   ensemble=1, edges="auto"):
     """Super-resolves (n, h, w) float planes in [0, 1], batch of tiles by batch of tiles.
 
     Args:
-        model: an ESPCN (any upscale factor).
+        model: an ESPCN: in-plane (any upscale factor) or through-plane (rows only).
         planes: array-like of n (h, w) planes in [0, 1], all finite; read one at a time.
         write: called as write(index, top, left, block) for every output block, where `block` is a float32
             (rows, cols) array in [0, 1] and top/left are its position in the output plane `index`.
@@ -143,21 +196,21 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
         tile: the largest tile side in input pixels; larger planes are cut into overlapping tiles.
         progress: a tqdm bar advanced by one per finished plane, or None.
         ensemble: 1 (the model once), or 2, 4 or 8: the mean of the model's outputs over that many of
-            DIHEDRAL_VIEWS of each tile (self-ensemble, as EDSR's "+" models), at that many times the work.
+            DIHEDRAL_VIEWS of each tile (self-ensemble, as EDSR's "+" models), at that many times the work;
+            at most 4 (the flips) for a through-plane model.
+        edges: "auto" (serves_as_trained decides for each plane), "trained" or "mirror" (for every plane:
+            a caller that cuts one image into several planes decides once for the whole image).
     """
-    if ensemble not in (1, 2, 4, 8):
-        raise ValueError(f"--ensemble must be 1, 2, 4 or 8, got {ensemble}")
-    factor = modules.model_upscale_factor(model)
+    views = views_for(model, ensemble)
+    factors = modules.upscale_factors(model)
     margin = receptive_radius(model)
-    skip = 0 if trims_margin(model) else margin * factor  # output pixels of the margin to crop
-    views = DIHEDRAL_VIEWS[:ensemble]
     batch, places = [], []
 
     def flush():
         outputs = predict_pieces(model, batch)
-        for number, (index, top, left, rows, cols, last) in enumerate(places):
-            output = mean_of_views(outputs[number * ensemble:(number + 1) * ensemble], views)
-            write(index, top * factor, left * factor, output[skip:skip + rows * factor, skip:skip + cols * factor])
+        for number, (index, top, left, crop, last) in enumerate(places):
+            output = mean_of_views(outputs[number * len(views):(number + 1) * len(views)], views)
+            write(index, top * factors[0], left * factors[1], output[crop])
             if last and progress is not None:
                 progress.update(1)
         batch.clear()
@@ -165,19 +218,20 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
 
     for index in range(len(planes)):
         plane = np.asarray(planes[index], np.float32)
-        height, width = plane.shape
-        (tops, side_y), (lefts, side_x) = tile_grid(height, tile), tile_grid(width, tile)
-        padded = np.pad(plane, margin, mode="symmetric")
+        as_trained = serves_as_trained(plane, margin) if edges == "auto" else edges == "trained"
+        offset = 0 if as_trained else margin
+        source = plane if as_trained else np.pad(plane, margin, mode="symmetric")
+        (tops, side_y), (lefts, side_x) = tile_grid(plane.shape[0], tile), tile_grid(plane.shape[1], tile)
         corners = [(top, left) for top in tops for left in lefts]
         for number, (top, left) in enumerate(corners):
-            rows, cols = min(side_y, height - top), min(side_x, width - left)
-            piece = padded[top:top + rows + 2 * margin, left:left + cols + 2 * margin]
-            # Edge tiles are extended to the common tile shape so that they batch; what is added lies
-            # beyond the margin and never reaches the kept centre.
-            if (rows, cols) != (side_y, side_x):
-                piece = np.pad(piece, ((0, side_y - rows), (0, side_x - cols)), mode="edge")
+            rows, cols = min(side_y, plane.shape[0] - top), min(side_x, plane.shape[1] - left)
+            first_y, size_y = tile_window(top + offset, rows, side_y, margin, source.shape[0])
+            first_x, size_x = tile_window(left + offset, cols, side_x, margin, source.shape[1])
+            piece = source[first_y:first_y + size_y, first_x:first_x + size_x]
+            skip_y, skip_x = (top + offset - first_y) * factors[0], (left + offset - first_x) * factors[1]
+            crop = (slice(skip_y, skip_y + rows * factors[0]), slice(skip_x, skip_x + cols * factors[1]))
             batch.extend(viewed(piece, view) for view in views)
-            places.append((index, top, left, rows, cols, number == len(corners) - 1))
+            places.append((index, top, left, crop, number == len(corners) - 1))
             if len(batch) >= (batch_size or max(1, constants.PREDICT_BATCH_PIXELS // piece.size)):
                 flush()
     if batch:
@@ -209,21 +263,21 @@ def clipped_output(model, batch):
     return tf.clip_by_value(model(batch, training=False), 0.0, 1.0)
 
 
-def upscale_plane(model, plane, batch_size=None, tile=constants.TILE_SIZE, ensemble=1):
+def upscale_plane(model, plane, batch_size=None, tile=constants.TILE_SIZE, ensemble=1, edges="auto"):
     """The float32 [0, 1] output for one (h, w) plane in [0, 1] (whole, in memory)."""
-    return upscale_stack(model, plane[None], batch_size, tile, ensemble)[0]
+    return upscale_stack(model, plane[None], batch_size, tile, ensemble, edges)[0]
 
 
-def upscale_stack(model, planes, batch_size=None, tile=constants.TILE_SIZE, ensemble=1):
-    """The float32 [0, 1] outputs for (n, h, w) planes in [0, 1], in memory."""
-    factor = modules.model_upscale_factor(model)
+def upscale_stack(model, planes, batch_size=None, tile=constants.TILE_SIZE, ensemble=1, edges="auto"):
+    """The float32 [0, 1] outputs for (n, h, w) planes in [0, 1], in memory (upscale_planes' arguments)."""
+    rows, cols = modules.upscale_factors(model)
     n, height, width = np.shape(planes)
-    out = np.empty((n, height * factor, width * factor), np.float32)
+    out = np.empty((n, height * rows, width * cols), np.float32)
 
     def write(index, top, left, block):
         out[index, top:top + block.shape[0], left:left + block.shape[1]] = block
 
-    upscale_planes(model, planes, write, batch_size, tile, ensemble=ensemble)
+    upscale_planes(model, planes, write, batch_size, tile, ensemble=ensemble, edges=edges)
     return out
 
 

@@ -75,30 +75,27 @@ class DepthToSpace1D(keras.layers.Layer):
         return {**super().get_config(), "upscale_factor": self.upscale_factor}
 
 
-def get_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=constants.FILTERS, dtype=None,
-              padding="same"):
+def get_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=constants.FILTERS, dtype="float32"):
     """The seed's ESPCN for `upscale_factor` (x2 .. x8), any input size.
 
     Args:
         upscale_factor: 2 to 8.
         channels: image channels in and out.
         filters: the three feature convolutions' filter counts.
-        dtype: the body's Keras dtype policy ("mixed_bfloat16", ...); None takes the global policy.
-            The output is float32 under every policy.
-        padding: "same" (the seed's: output upscale_factor x the input) or "valid" (no padding: each
-            convolution trims its kernel's radius, so the output is upscale_factor x the input less a
-            border of the receptive radius; see inference_model).
+        dtype: the body's Keras dtype policy ("float32", "mixed_bfloat16", "mixed_float16"; see
+            choose_precision), always explicit: nothing here reads Keras' global policy.  The output is
+            float32 under every policy.
     """
     check_factor(upscale_factor)
     inputs = keras.Input(shape=(None, None, channels), name="low_res")
-    x = feature_convolutions(inputs, filters, dtype, padding)
-    x = keras.layers.Conv2D(channels * upscale_factor ** 2, 3, padding=padding, kernel_initializer="orthogonal",
+    x = feature_convolutions(inputs, filters, dtype)
+    x = keras.layers.Conv2D(channels * upscale_factor ** 2, 3, padding="same", kernel_initializer="orthogonal",
                             dtype=dtype, name="conv4_linear")(x)
     x = DepthToSpace(upscale_factor, dtype=dtype, name="depth_to_space")(x)
     return keras.Model(inputs, float32_output(x), name=f"espcn_x{upscale_factor}")
 
 
-def get_model_1d(upscale_factor, channels=1, filters=constants.FILTERS, dtype=None, padding="same"):
+def get_model_1d(upscale_factor, channels=1, filters=constants.FILTERS, dtype="float32"):
     """The seed's ESPCN upsampling rows only (through-plane): (H, W) -> (upscale_factor * H, W).
 
     The same three feature convolutions as get_model; the last convolution
@@ -107,8 +104,8 @@ def get_model_1d(upscale_factor, channels=1, filters=constants.FILTERS, dtype=No
     """
     check_factor(upscale_factor)
     inputs = keras.Input(shape=(None, None, channels), name="thick")
-    x = feature_convolutions(inputs, filters, dtype, padding)
-    x = keras.layers.Conv2D(channels * upscale_factor, 3, padding=padding, kernel_initializer="orthogonal",
+    x = feature_convolutions(inputs, filters, dtype)
+    x = keras.layers.Conv2D(channels * upscale_factor, 3, padding="same", kernel_initializer="orthogonal",
                             dtype=dtype, name="conv4_linear")(x)
     x = DepthToSpace1D(upscale_factor, dtype=dtype, name="depth_to_space_1d")(x)
     return keras.Model(inputs, float32_output(x), name=f"espcn_1d_x{upscale_factor}")
@@ -119,9 +116,9 @@ def check_factor(upscale_factor):
         raise ValueError(f"upscale factor must be an integer from 2 to 8, got {upscale_factor}")
 
 
-def feature_convolutions(inputs, filters, dtype, padding="same"):
-    """The seed's three feature convolutions: 5x5, 3x3, 3x3, relu, orthogonal initialisation, `padding`."""
-    conv_args = {"activation": "relu", "kernel_initializer": "orthogonal", "padding": padding, "dtype": dtype}
+def feature_convolutions(inputs, filters, dtype):
+    """The seed's three feature convolutions: 5x5, 3x3, 3x3, relu, orthogonal initialisation, same padding."""
+    conv_args = {"activation": "relu", "kernel_initializer": "orthogonal", "padding": "same", "dtype": dtype}
     x = keras.layers.Conv2D(filters[0], 5, name="conv1", **conv_args)(inputs)
     x = keras.layers.Conv2D(filters[1], 3, name="conv2", **conv_args)(x)
     return keras.layers.Conv2D(filters[2], 3, name="conv3", **conv_args)(x)
@@ -146,6 +143,15 @@ def through_plane_factor(model):
         if isinstance(layer, DepthToSpace1D):
             return layer.upscale_factor
     return None
+
+
+def upscale_factors(model):
+    """(rows, columns) factors of an ESPCN: (r, r) in-plane, (F, 1) through-plane."""
+    one_d = through_plane_factor(model)
+    if one_d is not None:
+        return one_d, 1
+    factor = model_upscale_factor(model)
+    return factor, factor
 
 
 def model_upscale_factor(model):
@@ -250,23 +256,46 @@ def cpuinfo_text():
         return ""
 
 
+def cpu_flags():
+    """The flags of the first CPU in /proc/cpuinfo, as a set (empty where it cannot be read)."""
+    for line in cpuinfo_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_has_bf16():
     """True on CPUs with native bfloat16 math (AVX-512 BF16 or AMX)."""
-    text = cpuinfo_text()
-    return any(flag in text for flag in BF16_CPU_FLAGS)
+    return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
+def has_gpu():
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def choose_precision(name):
-    """The Keras dtype policy for --precision (see constants.PRECISION)."""
+    """The Keras dtype policy for a --precision flag: the one place precision is decided (constants.PRECISION).
+
+    "auto" is mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native
+    bfloat16 math (AVX-512 BF16 or AMX), float32 elsewhere (AVX2 CPUs emulate
+    bfloat16, slowly).  Every model is then built with this policy as its
+    explicit dtype: nothing sets Keras' global policy.
+    """
     if name != "auto":
         return name
-    if tf.config.list_physical_devices("GPU"):
+    if has_gpu():
         return "mixed_float16"
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-def inference_model(model, precision=constants.PREDICT_PRECISION, padding="same"):
-    """The same ESPCN, rebuilt to predict under `precision`'s dtype policy, with a float32 output.
+def adam(learning_rate, policy):
+    """Adam for a model computing under `policy`; loss-scaled for float16, whose small gradients underflow."""
+    optimizer = keras.optimizers.Adam(learning_rate)
+    return keras.optimizers.LossScaleOptimizer(optimizer) if policy == "mixed_float16" else optimizer
+
+
+def inference_model(model, precision=constants.PREDICT_PRECISION):
+    """The same ESPCN (in-plane or through-plane), rebuilt to compute under `precision`, with a float32 output.
 
     A saved model keeps the policy it was trained under, whatever the machine
     that loads it: bfloat16 math is emulated (slow) on CPUs without AVX-512
@@ -278,16 +307,9 @@ def inference_model(model, precision=constants.PREDICT_PRECISION, padding="same"
     33.5537 dB (-0.012 dB), largest pixel difference 0.013 on [0, 1].
 
     Args:
-        model: an ESPCN made by get_model (any policy, any upscale factor).
-        precision: "auto" (as train.py's --precision: mixed_bfloat16 on CPUs
-            with AVX-512 BF16 or AMX, mixed_float16 on GPUs, float32
-            elsewhere), "float32", "mixed_bfloat16" or "mixed_float16".
-        padding: "same" (as trained) or "valid".  A "valid" model fed an input
-            that carries a border of receptive-radius pixels on every side gives
-            exactly the centre of the "same" model's output for that input
-            (bit for bit, measured), without computing the border it would
-            crop: predict.py's mirror margin then costs 1.10x the pixels'
-            convolutions for a 64x64 plane, not 1.34x (74x74 whole).
+        model: an ESPCN made by get_model or get_model_1d (any policy, any factor).
+        precision: a --precision value (choose_precision: "auto", "float32", "mixed_bfloat16",
+            "mixed_float16").
 
     Returns:
         A new model with the same weights (copied layer by layer, by name).
@@ -298,9 +320,9 @@ def inference_model(model, precision=constants.PREDICT_PRECISION, padding="same"
         raise ValueError(f"model {model.name} is not this project's ESPCN (no layer {missing[0]})")
     filters = tuple(model.get_layer(name).filters for name in ("conv1", "conv2", "conv3"))
     one_d = through_plane_factor(model)
-    build = (lambda *a, **k: get_model_1d(one_d, *a[1:], **k)) if one_d else get_model
+    build = get_model_1d if one_d else get_model
     rebuilt = build(one_d or model_upscale_factor(model), model.input_shape[-1], filters,
-                    dtype=choose_precision(precision), padding=padding)
+                    dtype=choose_precision(precision))
     for layer in rebuilt.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())

@@ -34,7 +34,7 @@ import inference
 import modules
 import volumes
 from cli import write_atomically, write_json
-from tensorflow_env import keras, tf
+from tensorflow_env import tf
 
 
 # --- Slice axis and factor -------------------------------------------------------
@@ -184,16 +184,6 @@ class ModelSource:
         return self.cache[factor]
 
 
-def training_precision():
-    """mixed_bfloat16 for adaptation on CPUs with native bfloat16 math, else float32.
-
-    A step on 16 crops of 64x64 took 26 ms against 29-50 ms in float32 on the
-    2-core AMD EPYC with AVX-512 BF16 (shared with other jobs, hence the
-    spread).  Inference runs in the ModelSource's precision.
-    """
-    return "mixed_bfloat16" if modules.cpu_has_bf16() and not tf.config.list_physical_devices("GPU") else "float32"
-
-
 # --- Per-volume adaptation ----------------------------------------------------------------
 
 class PlaneCrops:
@@ -226,103 +216,93 @@ class PlaneCrops:
         return thick[..., None], fine[..., None]
 
 
-def make_adapt_step(model, optimizer):
-    """A compiled training step: per-crop MSE, averaged over the batch."""
-    @tf.function
-    def step(thick, fine):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(tf.cast(model(thick, training=True), tf.float32) - fine))
-        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        return loss
-
-    return step
-
-
-def adapt(start, planes, factor, seconds, profile=constants.SLICE_PROFILE, progress=None, seed=0, began=None,
-          precision="float32"):
+def adapt(start, planes, factor, *, seconds, settings, precision, progress=None, began=None):
     """The through-plane model fine-tuned for `seconds` on the fine in-plane planes of a [0, 1] volume.
+
+    It trains with train.py's own step (modules.make_train_step) in the CPU's
+    best precision (modules.choose_precision("auto"): bfloat16 on CPUs with
+    AVX-512 BF16 or AMX, where a step on 16 crops of 64x64 took 26 ms against
+    29-50 ms in float32 on the 2-core AMD EPYC).
 
     Args:
         start: the model to start from (its weights), or None to train from scratch.
         planes: (n, h, w) float32 planes across the slice axis (each fine in both directions).
         factor: the thick-slice factor F.
         seconds: wall time for training; the learning rate decays by a cosine over it.
-        profile: the slice profile the thick training crops are made with.
+        settings: the run's Settings (slice profile and seed of the training crops).
+        precision: what the returned model computes in (a --precision value).
         progress: a tqdm bar counting seconds since `began`, or None.
-        precision: what the returned model computes in (modules.inference_model).
+    Training stops early when the model's loss on a fixed set of the volume's
+    own crops (drawn apart from the training crops' random stream) has not
+    improved by ADAPT_MIN_GAIN for ADAPT_PATIENCE checks of ADAPT_CHECK_STEPS
+    steps each; the weights of the best check are kept.
+
     Returns:
-        (model, number of training steps).
+        (model, number of training steps, why it stopped: "validation", "time" or "steps").
     """
-    policy = training_precision()
+    policy = modules.choose_precision("auto")
     model = modules.get_model_1d(factor, dtype=policy)
     if start is not None:
         model.set_weights(start.get_weights())
     base_rate = constants.ADAPT_LEARNING_RATE if start is not None else constants.ADAPT_SCRATCH_LEARNING_RATE
-    optimizer = keras.optimizers.Adam(base_rate)
-    step = make_adapt_step(model, optimizer)
-    crops = PlaneCrops(planes, factor, profile=profile, seed=seed)
+    optimizer = modules.adam(base_rate, policy)
+    step = modules.make_train_step(model, optimizer, tf.distribute.get_strategy(), jit=False)
+    crops = PlaneCrops(planes, factor, profile=settings.profile, seed=settings.seed)
+    validation = tuple(tf.constant(array) for array in PlaneCrops(
+        planes, factor, profile=settings.profile, seed=settings.seed + 1).batch(constants.ADAPT_VALIDATION_CROPS))
+    best, best_weights, stale = float(crop_loss(model, *validation)), model.get_weights(), 0
     began = time.monotonic() if began is None else began
     started, steps = time.monotonic(), 0
-    while (elapsed := time.monotonic() - started) < seconds:
+    while (elapsed := time.monotonic() - started) < seconds and stale < constants.ADAPT_PATIENCE \
+            and steps < settings.max_steps:
         optimizer.learning_rate.assign(base_rate * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * elapsed / seconds))))
-        step(*crops.batch(constants.ADAPT_BATCH_SIZE))
+        step(tuple(tf.constant(array) for array in crops.batch(constants.ADAPT_BATCH_SIZE)))
         steps += 1
+        if steps % constants.ADAPT_CHECK_STEPS == 0:
+            loss = float(crop_loss(model, *validation))
+            if loss < best * (1.0 - constants.ADAPT_MIN_GAIN):
+                best, best_weights, stale = loss, model.get_weights(), 0
+            else:
+                stale += 1
         advance_to(progress, began)
-    return modules.inference_model(model, precision), steps
+    model.set_weights(best_weights)
+    why = "validation" if stale >= constants.ADAPT_PATIENCE else "steps" if steps >= settings.max_steps else "time"
+    return modules.inference_model(model, precision), steps, why
+
+
+@tf.function(reduce_retracing=True)
+def crop_loss(model, thick, fine):
+    """Mean squared error of the model on (thick, fine) crops."""
+    return tf.reduce_mean(tf.square(tf.cast(model(thick, training=False), tf.float32) - fine))
 
 
 # --- Inference ---------------------------------------------------------------------------
 
-def upscale_rows(model, planes, factor, batch_pixels=constants.PREDICT_BATCH_PIXELS):
-    """Model output for (n, rows, cols) [0, 1] planes: (n, rows * F, cols), unclipped float32.
-
-    Each plane is first extended by the network's receptive radius with copies
-    of its edge voxels, and that border is cropped from the output, so the
-    edges are not darkened by the convolutions' zero padding.  Batches hold
-    about `batch_pixels` input pixels, which bounds memory for any plane size.
-    """
-    margin = inference.receptive_radius(model)
-    n, rows, cols = planes.shape
-    padded_size = (rows + 2 * margin) * (cols + 2 * margin)
-    per_batch = max(1, batch_pixels // padded_size)
-    out = np.empty((n, rows * factor, cols), np.float32)
-    for first in range(0, n, per_batch):
-        batch = np.pad(planes[first:first + per_batch], ((0, 0), (margin, margin), (margin, margin)), mode="edge")
-        result = np.asarray(model.predict_on_batch(batch[..., None]), np.float32)[..., 0]
-        out[first:first + per_batch] = result[:, margin * factor:(margin + rows) * factor, margin:margin + cols]
-    return out
-
-
-def flip_sets(flips):
-    """The axes (of (n, rows, cols) planes) reversed for each of the `flips` passes."""
-    return [(), (2,), (1,), (1, 2)][:flips]
-
-
-def estimate(model, volume, axis, factor, flips=constants.THROUGH_PLANE_FLIPS, after_pass=None):
+def estimate(model, volume, axis, factor, flips=constants.THROUGH_PLANE_FLIPS, after_pass=None, edges="auto"):
     """The model's fine volume for a [0, 1] thick volume: every plane containing `axis`, both orientations.
 
     For each of the two other axes, the planes across it have the slice axis
-    as rows; each is refined with every flip in `flips` and the estimates of
-    both orientations averaged.  `after_pass` (if given) is called after each pass.
+    as rows; each is refined by in-plane inference's own path
+    (inference.upscale_stack: its edges, tiles, batching and self-ensemble of
+    `flips` flips), and the estimates of both orientations averaged.
+    `after_pass` (if given) is called after each orientation.
     """
     total = None
     for other in [k for k in range(3) if k != axis]:
         planes = np.moveaxis(volume, (other, axis), (0, 1))  # (n, thick rows, fine cols)
-        for flipped in flip_sets(flips):
-            out = np.flip(upscale_rows(model, np.ascontiguousarray(np.flip(planes, flipped)), factor), flipped)
-            out = np.moveaxis(out, (0, 1), (other, axis))
-            total = out if total is None else total + out
-            if after_pass is not None:
-                after_pass()
-    return total / (2 * len(flip_sets(flips)))
+        out = np.moveaxis(inference.upscale_stack(model, planes, ensemble=flips, edges=edges), (0, 1), (other, axis))
+        total = out if total is None else total + out
+        if after_pass is not None:
+            after_pass()
+    return total / 2
 
 
-def seconds_per_input_pixel(model, factor):
-    """A timed inference on a small batch (after a warm-up call): the cost of inference per input pixel."""
+def seconds_per_input_pixel(model, flips):
+    """A timed inference on a small batch (after a warm-up call): the cost per input pixel of one estimate pass."""
     sample = np.full((4, 24, 64), 0.5, np.float32)
-    upscale_rows(model, sample, factor)
+    inference.upscale_stack(model, sample, ensemble=flips)
     began = time.monotonic()
-    upscale_rows(model, sample, factor)
+    inference.upscale_stack(model, sample, ensemble=flips)
     return (time.monotonic() - began) / sample.size
 
 
@@ -332,8 +312,11 @@ class Settings:
     """How one run refines volumes: the flags of predict.py --through-plane, in one place."""
 
     def __init__(self, adapt=True, seconds=constants.THROUGH_PLANE_SECONDS, profile=constants.SLICE_PROFILE,
-                 flips=constants.THROUGH_PLANE_FLIPS, seed=0):
+                 flips=constants.THROUGH_PLANE_FLIPS, seed=0, edges=constants.EDGES,
+                 max_steps=constants.ADAPT_MAX_STEPS):
         self.adapt, self.seconds, self.profile, self.flips, self.seed = adapt, seconds, profile, flips, seed
+        self.edges = edges  # inference.upscale_planes' edges
+        self.max_steps = max_steps
 
 
 def advance_to(progress, began):
@@ -355,8 +338,7 @@ def prepare_model(source, volume, axis, factor, settings, began, progress=None):
                              "train one on this volume, or give --model")
         return start, origin
     reference = start if start is not None else modules.get_model_1d(factor)
-    passes = 2 * len(flip_sets(settings.flips))
-    inference_seconds = seconds_per_input_pixel(reference, factor) * volume.size * passes
+    inference_seconds = seconds_per_input_pixel(reference, settings.flips) * volume.size * 2  # two orientations
     budget = settings.seconds - (time.monotonic() - began) - 1.5 * inference_seconds - 5.0
     if budget < 1.0:
         if start is None:
@@ -364,15 +346,19 @@ def prepare_model(source, volume, axis, factor, settings, began, progress=None):
                              f"{settings.seconds:g}")
         return start, f"{origin}, not adapted: no time left within --through-plane-seconds {settings.seconds:g}"
     planes = np.ascontiguousarray(np.moveaxis(volume, axis, 0))
-    model, steps = adapt(start, planes, factor, budget, settings.profile, progress, settings.seed, began,
-                         source.precision)
-    return model, f"{origin}, adapted to this volume for {budget:.0f} s ({steps} steps)"
+    began_adapting = time.monotonic()
+    model, steps, stop = adapt(start, planes, factor, seconds=budget, settings=settings,
+                               precision=source.precision, progress=progress, began=began)
+    spent = time.monotonic() - began_adapting
+    why = {"validation": "its own validation crops stopped improving", "time": f"the {budget:.0f} s left",
+           "steps": f"--adapt-max-steps {settings.max_steps}"}[stop]
+    return model, f"{origin}, adapted to this volume for {spent:.0f} s ({steps} steps; stopped by {why})"
 
 
 def refine(model, volume, axis, factor, settings, progress=None, began=None):
     """The fine volume for a [0, 1] thick volume: the model's estimate made consistent with the input."""
     fine = estimate(model, volume, axis, factor, settings.flips,
-                    None if progress is None else (lambda: advance_to(progress, began)))
+                    None if progress is None else (lambda: advance_to(progress, began)), settings.edges)
     return make_consistent(fine, volume, axis, factor, settings.profile)
 
 

@@ -219,8 +219,7 @@ def set_up(args):
     if chief:
         check_output_dir(args.output_dir)
     print(f"strategy: {type(strategy).__name__}, replicas in sync: {strategy.num_replicas_in_sync}")
-    policy = modules.choose_precision(args.precision)
-    keras.mixed_precision.set_global_policy(policy)
+    policy = modules.choose_precision(args.precision)  # passed to every model built, never set globally
     jit = modules.use_xla(args.jit, policy)
     print(f"precision: {policy}, XLA: {'on' if jit else 'off'}")
     for folder in args.extra_train_dir or ():
@@ -323,18 +322,16 @@ def make_optimizer(args, steps_per_epoch, replicas, policy):
     if args.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps=max(1, args.epochs * steps_per_epoch), alpha=0.02)
-    optimizer = keras.optimizers.Adam(learning_rate)
-    if policy == "mixed_float16":  # float16 gradients underflow without loss scaling
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
+    return modules.adam(learning_rate, policy)
 
 
 def build_model(args, run, plan):
     """The model (x upscale in both directions, or the 1-D through-plane one) and its optimizer, made (and the
     optimizer's slots built) under the strategy's scope."""
     with run.strategy.scope():
-        model = modules.get_model_1d(args.through_plane_factor, filters=args.filters) if args.through_plane_factor \
-            else modules.get_model(args.upscale_factor, filters=args.filters)
+        model = modules.get_model_1d(args.through_plane_factor, filters=args.filters, dtype=run.policy) \
+            if args.through_plane_factor else modules.get_model(args.upscale_factor, filters=args.filters,
+                                                                dtype=run.policy)
         optimizer = make_optimizer(args, plan.steps, run.replicas, run.policy)
         optimizer.build(model.trainable_variables)
     return model, optimizer

@@ -12,7 +12,7 @@ import constants
 import inference
 import modules
 from conftest import run_script
-from tensorflow_env import keras
+from tensorflow_env import keras, tf
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_one_call_over_a_corpus_of_bad_files_gives_one_plain_line_each(tmp_path,
     for path, words in bad.items():
         mine = [line for line in lines if str(path) in line]
         assert len(mine) == 1 and mine[0].startswith("error:") and words in mine[0], (path, mine, lines)
-    assert f"{len(bad)} of {len(bad) + 1} files failed" in lines[-1]
+    assert f"{len(bad)} of {len(bad) + 1} inputs failed" in lines[-1]
     assert len(lines) == len(bad) + 1, lines  # nothing else: no library warnings
     text = result.stderr
     assert "Traceback" not in text and "\x1b[" not in text
@@ -89,24 +89,49 @@ def test_one_call_over_a_corpus_of_bad_files_gives_one_plain_line_each(tmp_path,
     assert (tmp_path / "out" / "good_x4.png").exists()
 
 
-def test_a_planted_symlink_never_redirects_a_write_onto_the_input(tmp_path, model_path):
+def test_a_planted_symlink_never_redirects_a_write_onto_the_input(tmp_path, model_path, monkeypatch, capsys):
+    """Links planted at exactly the temporary names the writer draws: its exclusive create skips each one."""
+    import itertools
+    import sys
+    import tempfile
+
+    import predict
+
     scan = tmp_path / "scan.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (9, 11), dtype=np.uint8)).save(scan)
     before = scan.read_bytes()
     out = tmp_path / "out"
     out.mkdir()
-    for name in (".partial-scan_x4.png", ".partial-scan_x4.png.tmp", "scan_x4.png.partial"):
-        os.symlink(scan, out / name)
-    result = run_script("predict.py", "--model", model_path, "--output-dir", str(out), "--input", str(scan))
-    assert result.returncode == 0, result.stderr
-    assert scan.read_bytes() == before
+    # tempfile draws every random name from one sequence: made to yield known0, known1, ..., the names
+    # write_atomically's mkstemp will try.  A link to the input waits at the first 16 of them (a few are
+    # drawn first by other temporary files of the run, e.g. check_output_dir's probe).
+    drawn = (f"known{i}" for i in itertools.count())
+    monkeypatch.setattr(tempfile, "_name_sequence", drawn)
+    planted = [out / f".partial-known{i}-scan_x4.png" for i in range(16)]
+    for link in planted:
+        os.symlink(scan, link)
+    tried, recording = [], [True]  # every name mkstemp tries, from its audit event (the hook cannot be removed)
+    sys.addaudithook(lambda event, args: tried.append(args[0]) if recording[0] and event == "tempfile.mkstemp"
+                     else None)
+    try:
+        assert predict.main(["--model", model_path, "--output-dir", str(out), "--input", str(scan)]) == 0
+    finally:
+        recording[0] = False
+    assert scan.read_bytes() == before, "a write went through a planted link onto the input"
+    assert all(link.is_symlink() and os.readlink(link) == str(scan) for link in planted)
+    assert not (out / "scan_x4.png").is_symlink()
     with Image.open(out / "scan_x4.png") as written:
         assert written.size == (44, 36)
-    # The output's own name planted as a link to the input: refused, input untouched.
+    writer = [path for path in tried if os.path.basename(path).startswith(".partial-")]
+    links = {str(link) for link in planted}
+    assert len(writer) >= 2 and set(writer[:-1]) <= links, writer  # it met planted links...
+    assert writer[-1] not in links, writer  # ...and went on to a fresh name
+    # The output's own name planted as a link to the input: refused (exit 1, as any failed file), input untouched.
     (out / "scan_x4.png").unlink()
     os.symlink(scan, out / "scan_x4.png")
-    result = run_script("predict.py", "--model", model_path, "--output-dir", str(out), "--input", str(scan))
-    assert result.returncode == 1 and "one of the inputs" in result.stderr
+    capsys.readouterr()
+    assert predict.main(["--model", model_path, "--output-dir", str(out), "--input", str(scan)]) == 1
+    assert "one of the inputs" in capsys.readouterr().err
     assert scan.read_bytes() == before
 
 
@@ -200,28 +225,71 @@ def test_a_flat_image_stays_flat(shape):
     assert np.abs(out - 77).max() < 1.5
 
 
-def test_tiled_inference_equals_whole_plane_inference():
+@pytest.mark.parametrize("edges", ["trained", "mirror"])
+def test_tiled_inference_equals_whole_plane_inference(edges):
     keras.utils.set_random_seed(5)
     model = modules.get_model(4)
     plane = np.random.default_rng(6).random((37, 53)).astype(np.float32)
-    whole = inference.upscale_stack(model, plane[None], tile=64)[0]  # one tile
+    whole = inference.upscale_stack(model, plane[None], tile=64, edges=edges)[0]  # one tile
     for tile, batch in ((8, 3), (16, 16), (11, 1)):
-        tiled = inference.upscale_stack(model, plane[None], batch_size=batch, tile=tile)[0]
+        tiled = inference.upscale_stack(model, plane[None], batch_size=batch, tile=tile, edges=edges)[0]
         np.testing.assert_allclose(tiled, whole, atol=2e-6)
+    other = inference.upscale_stack(model, plane[None], tile=64, edges="mirror" if edges == "trained" else "trained")
+    assert np.abs(other[0] - whole).max() > 1e-3  # the two edge paths are really different computations
+
+
+def test_the_through_plane_model_gets_the_same_tiles_views_and_edges():
+    keras.utils.set_random_seed(7)
+    model = modules.get_model_1d(3, filters=(16, 16, 8))
+    planes = np.random.default_rng(7).random((2, 29, 70)).astype(np.float32)
+    bare = np.clip(model(planes[..., None]).numpy()[..., 0], 0, 1)  # served as trained: the plain model call
+    whole = inference.upscale_stack(model, planes)
+    assert whole.shape == (2, 87, 70)
+    np.testing.assert_allclose(whole, bare, atol=2e-6)
+    views = []
+    for view in inference.DIHEDRAL_VIEWS[:4]:  # the flips: rows stay rows
+        out = inference.upscale_stack(model, np.stack([inference.viewed(p, view) for p in planes]))
+        views.append([inference.unviewed(plane, view) for plane in out])
+    flips = np.mean(views, axis=0)
+    for tile, batch in ((256, None), (9, 5), (13, 1)):
+        np.testing.assert_allclose(inference.upscale_stack(model, planes, batch, tile, ensemble=4), flips, atol=2e-6)
+    with pytest.raises(ValueError, match="at most 4 flips"):
+        inference.upscale_stack(model, planes, ensemble=8)
+
+
+def test_planes_are_served_as_trained_except_small_and_flat_ones():
+    margin = 5
+    rng = np.random.default_rng(4)
+    tissue = rng.random((64, 64)).astype(np.float32)
+    slice_on_black = np.pad(rng.random((40, 40)).astype(np.float32), 12)
+    assert inference.serves_as_trained(tissue, margin)
+    assert inference.serves_as_trained(slice_on_black, margin)
+    assert inference.serves_as_trained(np.full((64, 64), constants.BACKGROUND_LEVEL, np.float32), margin)
+    assert not inference.serves_as_trained(np.full((64, 64), 0.3, np.float32), margin)  # flat above the background
+    assert not inference.serves_as_trained(tissue[:constants.MIRROR_BELOW - 1], margin)  # small
+    assert inference.serves_as_trained(tissue[:constants.MIRROR_BELOW], margin)
 
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-def test_served_valid_padding_gives_the_cropped_output_of_the_model_as_trained(precision):
+def test_a_plane_served_as_trained_is_the_model_call_and_one_with_a_margin_its_cropped_output(precision):
     path = os.path.join(os.path.dirname(__file__), "..", "pretrained", "espcn_x4.keras")
     served = inference.load_model(path, precision)
-    as_trained = modules.inference_model(inference.read_model_file(path), precision)  # "same" padding
-    assert inference.trims_margin(served) and not inference.trims_margin(as_trained)
-    planes = np.random.default_rng(8).random((3, 23, 300)).astype(np.float32)  # 2 tiles of 150 a plane
+    assert served.get_layer("conv2").dtype_policy.name == precision
+    reference = tf.function(lambda x: served(x, training=False))  # the bare model call, in the same precision
+    planes = np.random.default_rng(8).random((3, 23, 300)).astype(np.float32)  # small (23 rows): mirror margin
+    padded = np.pad(planes, ((0, 0), (5, 5), (5, 5)), mode="symmetric")[..., None]
+    # bfloat16 keeps 8 bits of mantissa: the same network on other shapes takes other kernels (and an AMX CPU
+    # others again), whose results agree within its rounding (one step near 1 is 2^-8), never bit for bit
+    tolerance = 2e-6 if precision == "float32" else 2 * 2.0 ** -8
     for batch_size, tile, ensemble in ((None, constants.TILE_SIZE, 1), (2, constants.TILE_SIZE, 1), (5, 16, 8)):
         got = inference.upscale_stack(served, planes, batch_size, tile, ensemble)
-        want = inference.upscale_stack(as_trained, planes, batch_size, tile, ensemble)
-        np.testing.assert_allclose(got, want, atol=1e-6)
         assert got.shape == (3, 92, 1200) and 0 <= got.min() and got.max() <= 1
+        if ensemble == 1:
+            want = np.clip(reference(padded).numpy()[:, 20:-20, 20:-20, 0], 0, 1)
+            assert np.abs(got - want).max() <= tolerance
+    tall = np.random.default_rng(9).random((2, 40, 300)).astype(np.float32)  # served as trained
+    want = np.clip(reference(tall[..., None]).numpy()[..., 0], 0, 1)
+    assert np.abs(inference.upscale_stack(served, tall) - want).max() <= tolerance
 
 
 def test_tiles_are_the_fewest_of_nearly_equal_sides():

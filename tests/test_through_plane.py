@@ -1,6 +1,7 @@
 """Through-plane super-resolution (predict.py --through-plane): grids, the method's pieces, bad inputs."""
 import json
 import os
+import re
 
 import nibabel as nib
 import numpy as np
@@ -74,13 +75,22 @@ def test_output_lies_on_the_fine_grid_and_beats_cubic_spline(tmp_path, template_
     assert model_psnr > spline_psnr + 1.0, (model_psnr, spline_psnr)
 
 
-def test_per_volume_adaptation_runs_and_keeps_the_data_type(tmp_path, template_crop):
+def test_per_volume_adaptation_adapts_and_is_not_worse_than_the_pretrained_model(tmp_path, template_crop, capsys):
     path = write_pair(str(tmp_path), template_crop, 1, np.diag([1.0, 1.0, 1.0, 1.0]), dtype=np.int16)
-    code = predict.main(["--input", path, "--through-plane", "--through-plane-seconds", "12",
-                         "--output-dir", str(tmp_path)])
-    assert code == 0
-    result = nib.load(str(tmp_path / f"thick_through_x{FACTOR}.nii.gz"))
-    assert result.get_data_dtype() == np.int16 and result.shape == template_crop.shape
+    outputs, printed = {}, {}
+    for flag in ("--adapt", "--no-adapt"):
+        # a step count, not a time, bounds it: the same adaptation on any machine, however loaded
+        code = predict.main(["--input", path, "--through-plane", flag, "--through-plane-seconds", "600",
+                             "--adapt-max-steps", "100", "--output-dir", str(tmp_path / flag)])
+        assert code == 0
+        result = nib.load(str(tmp_path / flag / f"thick_through_x{FACTOR}.nii.gz"))
+        assert result.get_data_dtype() == np.int16 and result.shape == template_crop.shape
+        outputs[flag] = result.get_fdata()
+        printed[flag] = capsys.readouterr().out
+    steps = re.search(r"adapted to this volume for \d+ s \((\d+) steps; stopped by", printed["--adapt"])
+    assert steps and int(steps.group(1)) > 0, printed["--adapt"]
+    assert not np.array_equal(outputs["--adapt"], outputs["--no-adapt"])
+    assert psnr(outputs["--adapt"], template_crop) >= psnr(outputs["--no-adapt"], template_crop) - 0.05
 
 
 def test_a_4d_series_is_refined_volume_by_volume(tmp_path):
