@@ -22,11 +22,14 @@ import argparse
 import errno
 import os
 import sys
+from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
 import constants
 import dataset
+import dicom_series
 import evaluation
 import image_files
 import inference
@@ -54,7 +57,11 @@ def parse_args(argv=None):
     parser.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=None,
                         help="average the model over this many flips/quarter turns of each input (self-ensemble); "
                              f"default: {constants.ENSEMBLE_IMAGES} for images and the test split, "
-                             f"{constants.ENSEMBLE_VOLUMES} for NIfTI volumes")
+                             f"{constants.ENSEMBLE_VOLUMES} for NIfTI volumes, {constants.THROUGH_PLANE_FLIPS} flips "
+                             "(at most 4) with --through-plane")
+    parser.add_argument("--edges", choices=("auto", "trained", "mirror"), default=constants.EDGES,
+                        help="planes fed as the network was trained (zero-padded convolutions) or with a mirror "
+                             "margin; auto: mirror only for small planes and flat borders (inference.py)")
     parser.add_argument("--input", nargs="+", metavar="PATH",
                         help="low-resolution images / NIfTI volumes / folders of them to super-resolve")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
@@ -62,6 +69,9 @@ def parse_args(argv=None):
     parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
                         default=constants.PREDICT_PRECISION,
                         help="auto: mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, mixed_float16 on GPUs, else float32")
+    parser.add_argument("--output-format", choices=("nifti", "dicom", "both"), default=constants.OUTPUT_FORMAT,
+                        help="DICOM series in: written as NIfTI, as a new DICOM series beside the original, or both "
+                             "(other inputs are written in their own format)")
     parser.add_argument("--compare", action="store_true",
                         help="with --input: downsample each (high-resolution) input and compare bicubic vs model")
     parser.add_argument("--target-size", type=target_size, default=constants.TARGET_SIZE,
@@ -76,8 +86,8 @@ def parse_args(argv=None):
         parser.error("argument --through-plane: needs --input (the NIfTI volumes to refine)")
     if args.compare and not args.input:
         parser.error("argument --compare: needs --input (the files to compare on)")
-    if args.ensemble and args.through_plane:
-        parser.error("argument --ensemble: not with --through-plane (its flips: constants.THROUGH_PLANE_FLIPS)")
+    if args.through_plane and args.ensemble == 8:
+        parser.error("argument --ensemble: at most 4 with --through-plane (the flips that keep the slice axis)")
     return args
 
 
@@ -91,6 +101,9 @@ def add_through_plane_flags(parser):
                         help="time one volume may take; per-volume adaptation gets what inference leaves")
     parser.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=True,
                         help="fine-tune the pretrained through-plane model on each volume's own fine planes")
+    parser.add_argument("--adapt-max-steps", type=positive_int, default=constants.ADAPT_MAX_STEPS,
+                        help="at most this many adaptation steps a volume (it also stops when the volume's own "
+                             "validation crops stop improving, or at the time left)")
     parser.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
                         help="how a thick slice was made from fine ones: box (mean, no gap) or gaussian")
 
@@ -111,10 +124,12 @@ def resolve_model_path(model_arg, output_dir):
 # --- The user's own files ----------------------------------------------------------
 
 def kind_of(path):
-    """'nifti', 'image' or None (unsupported) from the file name."""
+    """'nifti' (NIfTI or MGH), 'image', 'dicom' (by content) or None (unsupported)."""
     if volumes.is_nifti(path):
         return "nifti"
-    return "image" if path.lower().endswith(constants.IMAGE_SUFFIXES) else None
+    if path.lower().endswith(constants.IMAGE_SUFFIXES):
+        return "image"
+    return "dicom" if os.path.isfile(path) and dicom_series.is_dicom(path) else None
 
 
 def stem_of(path):
@@ -122,15 +137,30 @@ def stem_of(path):
 
 
 def expand_inputs(paths):
-    """Files to process: each given file, and the supported files inside each given folder."""
-    files = []
+    """(inputs to process, notes on DICOM files left out).
+
+    Inputs are file paths (each given file, and the supported files inside each
+    given folder) and dicom_series.Series: the DICOM files among them grouped
+    into their image series.
+    """
+    files, dicom_files = [], []
     for path in paths:
-        if os.path.isdir(path):
-            inside = sorted(os.path.join(path, name) for name in os.listdir(path))
-            files += [p for p in inside if os.path.isfile(p) and kind_of(p)]
-        else:
-            files.append(path)
-    return files
+        inside = sorted(os.path.join(path, name) for name in os.listdir(path)) if os.path.isdir(path) else [path]
+        for file in inside:
+            kind = kind_of(file) if os.path.exists(file) else None
+            if kind == "dicom":
+                dicom_files.append(file)
+            elif kind or not os.path.isdir(path):  # a given file is reported even when unsupported
+                files.append(file)
+    series, notes = dicom_series.find_series(dicom_files)
+    return files + series, notes
+
+
+def label_of(item):
+    """How an input is named in messages: its path, or a DICOM series' folder and description (no patient data)."""
+    if isinstance(item, dicom_series.Series):
+        return f"{os.path.dirname(item.files[0]) or '.'}: {item.description}"
+    return item
 
 
 def check_readable(path):
@@ -164,58 +194,108 @@ class OutputGuard:
         return out_path
 
 
+@dataclass
+class Result:
+    """What one input gave: where it was written, a note for the user's terminal, and a warning line."""
+    output: str
+    note: str = ""
+    warning: str | None = None
+
+
 def super_resolve_image(model, path, args, guard):
-    """Writes <stem>_x<f>.png|tif; returns (output path, warning or None)."""
+    """Writes <stem>_x<f>.png|tif."""
     with dataset.open_image(path) as image:
         result, suffix, warning = image_files.super_resolve(model, image, args.batch_size,
-                                                            ensemble_for("image", args))
+                                                            ensemble_for("image", args), args.edges)
     factor = modules.model_upscale_factor(model)
     out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_x{factor}{suffix}"))
     write_atomically(out_path, lambda tmp: result.save(tmp, format="TIFF" if suffix == ".tif" else "PNG"))
-    return out_path, warning
+    return Result(out_path, warning=warning)
 
 
-def super_resolve_nifti(model, path, args, guard):
-    """Writes <stem>_x<f>.nii.gz (in-plane across --axis); returns (output path, warning or None)."""
+def read_volume(item, notes):
+    """(nibabel image, float32 data in real units) of a volume file or a DICOM series; ValueError on a bad one."""
+    if isinstance(item, dicom_series.Series):
+        image = dicom_series.load_series(item)
+        volumes.check_header(image)
+        return image, np.asarray(image.dataobj, np.float32)
+    return volumes.load_volume(item, notes)
+
+
+def claim_outputs(item, tag, args, guard):
+    """{format: output path} for a volume's result named <stem>_<tag>, each claimed from `guard`.
+
+    A file is written in its own format (.nii.gz, or .mgz for MGH); a DICOM
+    series as --output-format says: NIfTI, a new series folder, or both.
+    """
+    if not isinstance(item, dicom_series.Series):
+        name = f"{stem_of(item)}_{tag}{volumes.output_suffix(item)}"
+        return {"nifti": guard.claim(item, os.path.join(args.output_dir, name))}
+    formats = ("nifti", "dicom") if args.output_format == "both" else (args.output_format,)
+    names = {"nifti": f"{item.stem}_{tag}.nii.gz", "dicom": f"{item.stem}_{tag}"}
+    return {kind: guard.claim(label_of(item), os.path.join(args.output_dir, names[kind])) for kind in formats}
+
+
+def write_volume(item, image, out, factors, outputs, tag):
+    """Writes the output `out` (stored values on the grid `factors` times finer) to each of `outputs`."""
+    result = volumes.resampled_image(image, out, factors)
+    for kind, path in outputs.items():
+        if kind == "dicom":
+            dicom_series.write_series(item, result, path, f" ESPCN {tag.replace('_', ' ')}")
+        else:
+            volumes.save_image(result, path)
+
+
+def super_resolve_volume(model, item, args, guard):
+    """A volume file or DICOM series super-resolved in-plane, across --axis: <stem>_x<f>."""
     factor = modules.model_upscale_factor(model)
-    out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_x{factor}.nii.gz"))
+    outputs = claim_outputs(item, f"x{factor}", args, guard)
     notes = []
-    image, data = volumes.load_volume(path, notes)
-    frames = data.shape[3] if data.ndim == 4 else 1
-    with tqdm(total=data.shape[args.axis] * frames, desc=os.path.basename(path), unit="slice",
-              leave=False, disable=None) as progress:  # no bar when stderr is not a terminal
+    image, data = read_volume(item, notes)
+    planes = data.shape[args.axis] * (data.shape[3] if data.ndim == 4 else 1)
+    with tqdm(total=planes, desc=os.path.basename(outputs[next(iter(outputs))]), unit="slice", leave=False,
+              disable=None) as progress:  # no bar when stderr is not a terminal
         out, n_nan, n_inf = volumes.super_resolve_in_plane(model, image, data, args.axis, args.batch_size, progress,
-                                                           ensemble_for("nifti", args))
-    volumes.save_resampled(image, out, volumes.in_plane_factors(args.axis, factor), out_path)
+                                                           ensemble_for("nifti", args), args.edges)
+    write_volume(item, image, out, volumes.in_plane_factors(args.axis, factor), outputs, f"x{factor}")
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
-    return out_path, inference.join_warnings(*notes, non_finite)
+    return Result(", ".join(outputs.values()), warning=inference.join_warnings(*notes, non_finite))
 
 
-def refine_through_plane(source, path, args, guard):
-    """--through-plane on one file: <stem>_through_x<F>.nii.gz, or with --compare the figure and scores."""
-    if not volumes.is_nifti(path):
-        raise ValueError("a 2D image: --through-plane refines NIfTI volumes (.nii, .nii.gz) between their slices")
-    settings = through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile)
-    bar = tqdm(total=int(settings.seconds), desc=os.path.basename(path), leave=False, disable=None,
+def refine_through_plane(source, item, args, guard):
+    """--through-plane on a volume file or DICOM series: <stem>_through_x<F>, or with --compare figure and scores."""
+    if not isinstance(item, dicom_series.Series) and not volumes.is_nifti(item):
+        raise ValueError("a 2D image: --through-plane refines volumes (NIfTI, MGH, DICOM series) between their "
+                         "slices")
+    settings = through_plane_settings(args)
+    bar = tqdm(total=int(settings.seconds), desc=os.path.basename(label_of(item)), leave=False, disable=None,
                bar_format="{desc}: {bar} {n}/{total} s of its time")  # no bar when stderr is not a terminal
     with bar as progress:
         if args.compare:
-            out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_through_compare.png"))
+            if isinstance(item, dicom_series.Series):
+                raise ValueError("--compare --through-plane takes NIfTI or MGH volumes")
+            out_path = guard.claim(item, os.path.join(args.output_dir, f"{stem_of(item)}_through_compare.png"))
             factor = args.through_plane_factor or constants.THROUGH_PLANE_COMPARE_FACTOR
-            r = through_plane.compare_on_volume(source, path, out_path, args.axis, factor, settings, progress)
-            return out_path, (f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic spline "
-                              f"PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}"), None
+            r = through_plane.compare_on_volume(source, item, out_path, args.axis, factor, settings, progress)
+            return Result(out_path, f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic "
+                                    f"spline PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}")
         notes = []
-        image, data = volumes.load_volume(path, notes)
+        image, data = read_volume(item, notes)
         through_plane.check_volume_shape(data.shape)
         axis, factor = through_plane.slice_axis_and_factor(image.header.get_zooms(), args.axis,
                                                            args.through_plane_factor)
-        out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_through_x{factor}.nii.gz"))
+        outputs = claim_outputs(item, f"through_x{factor}", args, guard)
         out, note, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, axis, factor,
                                                                             settings, progress)
-    volumes.save_resampled(image, out, [factor if k == axis else 1 for k in range(3)], out_path)
+    write_volume(item, image, out, [factor if k == axis else 1 for k in range(3)], outputs, f"through_x{factor}")
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
-    return out_path, note, inference.join_warnings(*notes, non_finite)
+    return Result(", ".join(outputs.values()), note, inference.join_warnings(*notes, non_finite))
+
+
+def through_plane_settings(args):
+    return through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile,
+                                  args.ensemble or constants.THROUGH_PLANE_FLIPS, edges=args.edges,
+                                  max_steps=args.adapt_max_steps)
 
 
 def ensemble_for(kind, args):
@@ -226,43 +306,62 @@ def ensemble_for(kind, args):
 def compare(model, path, args, guard):
     out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_compare.png"))
     ensemble = ensemble_for(kind_of(path), args)
-    return out_path, evaluation.compare_on_input(model, path, out_path, args.axis, ensemble)
+    return Result(out_path, evaluation.compare_on_input(model, path, out_path, args.axis, ensemble))
 
 
-def process_input(model, path, args, guard):
-    """One input file; returns (output path, note or "", warning or None). ValueError on a bad file."""
-    check_readable(path)
-    kind = kind_of(path)
-    if kind is None:
-        raise ValueError("unsupported kind of file (expected PNG, JPEG, BMP, TIFF, .nii or .nii.gz)")
-    if args.through_plane:
-        return refine_through_plane(model, path, args, guard)
-    if args.compare:
-        out_path, note = compare(model, path, args, guard)
-        return out_path, note, None
-    run = super_resolve_nifti if kind == "nifti" else super_resolve_image
-    out_path, warning = run(model, path, args, guard)
-    return out_path, "", warning
+def in_plane_handler(model, args):
+    """The function that super-resolves one input in-plane with `model` (or compares, with --compare)."""
+    def handle(item, guard):
+        if isinstance(item, dicom_series.Series) or kind_of(item) == "nifti":
+            if args.compare:
+                if isinstance(item, dicom_series.Series):
+                    raise ValueError("--compare takes images and NIfTI or MGH volumes")
+                return compare(model, item, args, guard)
+            return super_resolve_volume(model, item, args, guard)
+        if args.compare:
+            return compare(model, item, args, guard)
+        return super_resolve_image(model, item, args, guard)
+
+    return handle
 
 
-def run_on_inputs(model, args):
-    """Super-resolves every input; a bad file is reported and skipped. Returns the exit code."""
-    files = expand_inputs(args.input)
-    if not files:
+def through_plane_handler(source, args):
+    """The function that refines one input between its slices, with models from `source` (one per factor)."""
+    return lambda item, guard: refine_through_plane(source, item, args, guard)
+
+
+def process_input(handle, item, guard):
+    """One input (a file, or a DICOM series) through `handle`; returns its Result. ValueError on a bad file."""
+    if not isinstance(item, dicom_series.Series):
+        check_readable(item)
+        if kind_of(item) is None:
+            raise ValueError("unsupported kind of file (expected PNG, JPEG, BMP, TIFF, NIfTI (.nii, .nii.gz), "
+                             "MGH (.mgh, .mgz) or DICOM)")
+    return handle(item, guard)
+
+
+def run_on_inputs(handle, args):
+    """Super-resolves every input; a bad file or series is reported and skipped. Returns the exit code."""
+    items, notes = expand_inputs(args.input)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    if not items:
         raise ValueError(f"--input {' '.join(args.input)}: no supported files found")
     failures = 0
-    guard = OutputGuard(path for path in files if os.path.exists(path))
-    for path in tqdm(files, desc="super-resolving", unit="file", disable=True if len(files) < 2 else None):
+    inputs = [file for item in items for file in (item.files if isinstance(item, dicom_series.Series) else [item])]
+    guard = OutputGuard(path for path in inputs if os.path.exists(path))
+    for item in tqdm(items, desc="super-resolving", unit="input", disable=True if len(items) < 2 else None):
+        label = label_of(item)
         try:
-            out_path, note, warning = process_input(model, path, args, guard)
-            if warning:
-                tqdm.write(f"warning: {path}: {warning}", file=sys.stderr)
-            tqdm.write(f"{path} -> {out_path}" + (f"  ({note})" if note else ""))
-        except Exception as error:  # one bad file must not stop the others
+            result = process_input(handle, item, guard)
+            if result.warning:
+                tqdm.write(f"warning: {label}: {result.warning}", file=sys.stderr)
+            tqdm.write(f"{label} -> {result.output}" + (f"  ({result.note})" if result.note else ""))
+        except Exception as error:  # one bad input must not stop the others
             failures += 1
-            tqdm.write(f"error: {path}: {describe(error)}", file=sys.stderr)
+            tqdm.write(f"error: {label}: {describe(error)}", file=sys.stderr)
     if failures:
-        print(f"{failures} of {len(files)} files failed", file=sys.stderr)
+        print(f"{failures} of {len(items)} inputs failed", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -283,12 +382,13 @@ def main(argv=None):
     try:
         check_output_dir(args.output_dir)
         if args.through_plane:  # its models depend on each volume's factor: through_plane.ModelSource
-            return run_on_inputs(through_plane.ModelSource(args.model, args.precision), args)
+            return run_on_inputs(through_plane_handler(through_plane.ModelSource(args.model, args.precision), args),
+                                 args)
         model_path, origin = resolve_model_path(args.model, args.output_dir)
         model = inference.load_model(model_path, args.precision)
         print(f"model: {model_path} ({origin}), precision: {modules.choose_precision(args.precision)}")
         if args.input:
-            return run_on_inputs(model, args)
+            return run_on_inputs(in_plane_handler(model, args), args)
 
         dataset.prepare_data_dir(args.data_dir)
         evaluation.run_evaluation(model, args.data_dir, args.output_dir, args.batch_size, args.target_size,

@@ -19,15 +19,17 @@ import inference
 import modules
 from cli import write_atomically
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Volume files nibabel reads and writes: NIfTI, and FreeSurfer's MGH (.mgz is gzipped .mgh).
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
 
 
 def is_nifti(path):
+    """True for a volume file by name: NIfTI (.nii, .nii.gz) or FreeSurfer MGH (.mgh, .mgz)."""
     return path.lower().endswith(NIFTI_SUFFIXES)
 
 
 def nifti_stem(path):
-    """The file name without .nii / .nii.gz."""
+    """The file name without .nii / .nii.gz / .mgh / .mgz."""
     name = os.path.basename(path)
     for suffix in NIFTI_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -35,10 +37,15 @@ def nifti_stem(path):
     return name
 
 
+def output_suffix(path):
+    """The suffix of a volume's output: its own format, gzipped (.nii.gz for NIfTI, .mgz for MGH)."""
+    return ".mgz" if path.lower().endswith((".mgz", ".mgh")) else ".nii.gz"
+
+
 # --- Reading -------------------------------------------------------------------
 
 def load_volume(path, notes=None):
-    """(nibabel image, float32 data in real units) of a 3D or 4D NIfTI file; ValueError on a bad one.
+    """(nibabel image, float32 data in real units) of a 3D or 4D NIfTI or MGH file; ValueError on a bad one.
 
     Checked before any voxel is read: a dimension of size 0, RGB or complex
     voxels (refused: this tool super-resolves one real channel), voxel sizes
@@ -55,7 +62,7 @@ def load_volume(path, notes=None):
         try:
             image = nib.load(path)
         except Exception as error:  # nibabel, gzip and zlib each raise their own kinds
-            raise ValueError(f"not a readable NIfTI file ({first_line(error)})") from None
+            raise ValueError(f"not a readable NIfTI or MGH volume ({first_line(error)})") from None
         check_header(image)
         try:
             data = np.asarray(image.dataobj, dtype=np.float32)
@@ -158,12 +165,13 @@ def scaling_of(image):
     return slope, inter
 
 
-def save_resampled(image, out, factors, path):
-    """Writes `out` (stored values) as a NIfTI on the grid `factors` times finer than `image`'s, atomically.
+def resampled_image(image, out, factors):
+    """`out` (stored values) as an image of `image`'s kind on the grid `factors` times finer than its grid.
 
     The header is the input's (data type, units, intent, descriptions), with
-    zooms divided by the factors and qform (scanner) and sform (e.g.
-    registered), which may differ, each resampled on its own with its code.
+    zooms divided by the factors and, for NIfTI, qform (scanner) and sform
+    (e.g. registered), which may differ, each resampled on its own with its
+    code.  An MGH header has no qform/sform: its affine and zooms are all.
     """
     header = image.header.copy()
     zooms = list(header.get_zooms())
@@ -171,19 +179,34 @@ def save_resampled(image, out, factors, path):
         zooms[k] /= factors[k]
     result = type(image)(out, resampled_affine(image.affine, factors), header=header)
     result.header.set_zooms(zooms)
-    result.set_qform(resampled_affine(header.get_qform(), factors), code=int(header["qform_code"]))
-    result.set_sform(resampled_affine(header.get_sform(), factors), code=int(header["sform_code"]))
+    if isinstance(result, nib.Nifti1Image):  # Nifti2Image is one too
+        result.set_qform(resampled_affine(header.get_qform(), factors), code=int(header["qform_code"]))
+        result.set_sform(resampled_affine(header.get_sform(), factors), code=int(header["sform_code"]))
     slope, inter = scaling_of(image)
     if (slope, inter) != (1.0, 0.0):
         result.header.set_slope_inter(slope, inter)
+    return result
+
+
+def save_resampled(image, out, factors, path):
+    """Writes `out` (stored values) on the grid `factors` times finer than `image`'s, atomically (resampled_image).
+
+    The format follows `path`'s suffix (tmp names end with it): .nii.gz and
+    .mgz are written gzipped.
+    """
+    save_image(resampled_image(image, out, factors), path)
+
+
+def save_image(image, path):
+    """Writes a nibabel image atomically, in the format of `path`'s suffix."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        write_atomically(path, lambda tmp: nib.save(result, tmp))  # tmp ends in .nii.gz: gzipped
+        write_atomically(path, lambda tmp: nib.save(image, tmp))
 
 
 # --- In-plane super-resolution ---------------------------------------------------
 
-def super_resolve_in_plane(model, image, data, axis, batch_size=None, progress=None, ensemble=1):
+def super_resolve_in_plane(model, image, data, axis, batch_size=None, progress=None, ensemble=1, edges="auto"):
     """Every slice across `axis` upscaled in-plane, as stored values in an array of the input's data type.
 
     NaN/Inf voxels are replaced by inference.finite_copy's rule before the
@@ -201,7 +224,7 @@ def super_resolve_in_plane(model, image, data, axis, batch_size=None, progress=N
         counts[0], counts[1] = counts[0] + n_nan, counts[1] + n_inf
         write = plane_writer(image, np.moveaxis(out_series[..., t], axis, 0), volume, nan_mask, axis, factor)
         inference.upscale_planes(model, ScaledPlanes(np.moveaxis(volume, axis, 0), *robust_range(volume)),
-                                 write, batch_size, progress=progress, ensemble=ensemble)
+                                 write, batch_size, progress=progress, ensemble=ensemble, edges=edges)
     return out, counts[0], counts[1]
 
 
