@@ -323,10 +323,27 @@ def inference_model(model, precision=constants.PREDICT_PRECISION):
     build = get_model_1d if one_d else get_model
     rebuilt = build(one_d or model_upscale_factor(model), model.input_shape[-1], filters,
                     dtype=choose_precision(precision))
-    for layer in rebuilt.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
+    copy_weights(model, rebuilt)
     return rebuilt
+
+
+def copy_weights(source, target):
+    """Sets every weighted layer of `target` to the weights of `source`'s layer of the same name.
+
+    ValueError in words where `source` is another kind of model (a layer missing, or of another shape).
+    """
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        try:
+            weights = source.get_layer(layer.name).get_weights()
+        except ValueError:
+            raise ValueError(f"model {source.name} has no layer {layer.name}: another kind of model") from None
+        shapes = [tuple(w.shape) for w in layer.get_weights()]
+        if [tuple(w.shape) for w in weights] != shapes:
+            raise ValueError(f"model {source.name}: layer {layer.name} has other shapes than {shapes} (another "
+                             "factor or filter count)")
+        layer.set_weights(weights)
 
 
 def as_float32(model):

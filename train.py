@@ -87,6 +87,8 @@ def parse_args(argv=None):
                              "slower to train and to use")
     parser.add_argument("--through-plane-factor", type=upscale_factor, default=None,
                         help="train the through-plane (1-D) model: thick slices of this many fine rows -> fine rows")
+    parser.add_argument("--init-model", default=None, metavar="PATH",
+                        help="start from this .keras model's weights (fine-tuning; same kind, factor and filters)")
     parser.add_argument("--patch-size", type=non_negative_int, default=constants.PATCH_SIZE,
                         help="high-resolution training crop; 0 = whole slices")
     parser.add_argument("--patches-per-image", type=positive_int, default=constants.PATCHES_PER_IMAGE,
@@ -175,6 +177,7 @@ def run_settings(args, policy, jit, replicas, split):
         "extra training files": backups.files_fingerprint(extra) if extra else None,
         "--seed": args.seed, "--upscale-factor": args.upscale_factor, "--target-size": args.target_size,
         "--through-plane-factor": args.through_plane_factor, "--filters": list(args.filters),
+        "--init-model": backups.files_fingerprint([args.init_model]) if args.init_model else None,
         "--patch-size": args.patch_size, "--patches-per-image": args.patches_per_image,
         "--augment": args.augment, "--batch-size": args.batch_size, "replicas": replicas,
         "--loss": args.loss, "--learning-rate": args.learning_rate, "--lr-schedule": args.lr_schedule, "--epochs": args.epochs,
@@ -225,6 +228,8 @@ def set_up(args):
     for folder in args.extra_train_dir or ():
         if not os.path.isdir(folder):
             raise ValueError(f"--extra-train-dir {folder}: no such directory")
+    if args.init_model and not os.path.isfile(args.init_model):
+        raise ValueError(f"--init-model {args.init_model}: no such file")
     dataset.prepare_data_dir(args.data_dir)
     split = dataset.train_validation_paths(args.data_dir, args.validation_split, args.seed)
     settings = run_settings(args, policy, jit, strategy.num_replicas_in_sync, split)
@@ -332,9 +337,24 @@ def build_model(args, run, plan):
         model = modules.get_model_1d(args.through_plane_factor, filters=args.filters, dtype=run.policy) \
             if args.through_plane_factor else modules.get_model(args.upscale_factor, filters=args.filters,
                                                                 dtype=run.policy)
+        if args.init_model:
+            try:
+                modules.copy_weights(read_init_model(args.init_model), model)
+            except ValueError as error:
+                raise ValueError(f"--init-model {args.init_model}: {error}") from None
         optimizer = make_optimizer(args, plan.steps, run.replicas, run.policy)
         optimizer.build(model.trainable_variables)
     return model, optimizer
+
+
+def read_init_model(path):
+    """The .keras model of --init-model (safe mode); ValueError naming the flag if it cannot be read."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--init-model {path}: no such file")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # corrupt archives fail in many ways inside Keras
+        raise ValueError(f"--init-model {path}: cannot be loaded ({type(error).__name__})") from None
 
 
 def restore(state, run, epochs):

@@ -210,3 +210,20 @@ def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):
     assert result.returncode == 0, result.stderr[-3000:]
     model = through_plane.load_model_1d(str(out / "espcn.keras"), 3)
     assert model(np.zeros((1, 4, 9, 1), np.float32)).shape == (1, 12, 9, 1)
+
+
+def test_train_py_fine_tunes_from_an_init_model_and_refuses_another_kind(tmp_path, tiny_tree):
+    start = os.path.join(os.path.dirname(__file__), "..", "pretrained", "espcn_through_x3.keras")
+    common = ["--data-dir", tiny_tree, "--through-plane-factor", "3", "--epochs", "1", "--batch-size", "2",
+              "--patch-size", "32", "--precision", "float32", "--learning-rate", "1e-9", "--lr-schedule", "constant"]
+    result = run_script("train.py", *common, "--output-dir", str(tmp_path / "a"), "--init-model", start)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tuned = through_plane.load_model_1d(str(tmp_path / "a" / "espcn.keras"), 3)
+    original = through_plane.load_model_1d(start, 3)
+    for got, want in zip(tuned.get_weights(), original.get_weights()):  # a rate of 1e-9 leaves the start as it was
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    wrong = os.path.join(os.path.dirname(__file__), "..", "pretrained", "espcn_through_x4.keras")
+    result = run_script("train.py", *common, "--output-dir", str(tmp_path / "b"), "--init-model", wrong)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
+    assert "--init-model" in errors[0] and "conv4_linear" in errors[0]

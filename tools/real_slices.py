@@ -1,0 +1,75 @@
+"""Slices of the real training heads as an AD_NC-style image tree, for train.py --through-plane-factor.
+
+usage:
+  python tools/real_slices.py [--volumes data/real_volumes] [--output-dir data/real_slices] [--step 3]
+
+train.py reads 2D slices from image files; the through-plane models learn from slices made thick along
+their rows (dataset.make_thick_pair, with flips and quarter turns).  This writes, for every head of
+tools/real_volumes.py's train/ and validation/ splits, the slices across each of its three axes (every
+--step-th slice holding at least --min-tissue of tissue), as 8-bit greyscale PNG on the head's own 0.5-99.5
+percentile range (volumes.robust_range, as predict.py scales a volume):
+  <output-dir>/train/heads/<name>_<axis><index>.png        (train.py's groups: one head, one group)
+  <output-dir>/validation/heads/<name>_<axis><index>.png   (the held-out heads: validation, by subject)
+  <output-dir>/test/heads/...                              (a copy of validation/: train.py needs a test/)
+The data is not committed (data/ is git-ignored).
+"""
+import argparse
+import os
+import shutil
+import sys
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import volumes  # noqa: E402
+
+
+def head_slices(data, step, min_tissue):
+    """(axis, index, uint8 slice) of a [0, 1] volume: every step-th slice across each axis with enough tissue."""
+    for axis in range(3):
+        for index in range(0, data.shape[axis], step):
+            plane = np.take(data, index, axis=axis)
+            if np.mean(plane > 0.05) >= min_tissue:
+                yield axis, index, np.round(plane * 255).astype(np.uint8)
+
+
+def write_head(path, folder, step, min_tissue):
+    """Writes one head's slices into `folder`; returns how many."""
+    data = np.asarray(nib.load(path).dataobj, np.float32)
+    low, high = volumes.robust_range(data)
+    scaled = np.clip((data - low) / (high - low), 0.0, 1.0)
+    name = volumes.nifti_stem(path).replace("_", "-")  # train.py groups by the name up to its last "_"
+    count = 0
+    for axis, index, plane in head_slices(scaled, step, min_tissue):
+        Image.fromarray(plane).save(os.path.join(folder, f"{name}_{'xyz'[axis]}{index:03d}.png"))
+        count += 1
+    return count
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--volumes", default=os.path.join(ROOT, "data", "real_volumes"),
+                        help="tools/real_volumes.py's output (train/ and validation/ heads)")
+    parser.add_argument("--output-dir", default=os.path.join(ROOT, "data", "real_slices"))
+    parser.add_argument("--step", type=int, default=3, help="every step-th slice across each axis")
+    parser.add_argument("--min-tissue", type=float, default=0.05, help="share of the slice above 5%% of the range")
+    args = parser.parse_args(argv)
+    for split in ("train", "validation"):
+        source = os.path.join(args.volumes, split)
+        folder = os.path.join(args.output_dir, split, "heads")
+        os.makedirs(folder, exist_ok=True)
+        heads = sorted(name for name in os.listdir(source) if volumes.is_nifti(name))
+        total = sum(write_head(os.path.join(source, name), folder, args.step, args.min_tissue) for name in heads)
+        print(f"{split}: {len(heads)} heads, {total} slices")
+    test = os.path.join(args.output_dir, "test")
+    shutil.rmtree(test, ignore_errors=True)
+    shutil.copytree(os.path.join(args.output_dir, "validation"), test)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
