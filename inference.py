@@ -110,6 +110,18 @@ def tile_grid(length, tile):
     return list(range(0, length, side)), side
 
 
+def tile_grids(shape, tile):
+    """tile_grid for both sides of an (h, w) plane: whole when it holds at most tile x tile pixels.
+
+    Tiles bound memory, so a long thin plane (a through-plane plane of 45 x 288,
+    say) goes whole: cut into two 154-wide tiles it ran 27% slower on the 2-core
+    EPYC (avx512_bf16), from the margins and the narrower shape.
+    """
+    if shape[0] * shape[1] <= tile * tile:
+        return ([0], shape[0]), ([0], shape[1])
+    return tile_grid(shape[0], tile), tile_grid(shape[1], tile)
+
+
 # The flips and quarter turns of the self-ensemble, as (quarter turns, mirrored): the first
 # two and four keep a tile's shape; the last four turn it.
 DIHEDRAL_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
@@ -221,7 +233,7 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
         as_trained = serves_as_trained(plane, margin) if edges == "auto" else edges == "trained"
         offset = 0 if as_trained else margin
         source = plane if as_trained else np.pad(plane, margin, mode="symmetric")
-        (tops, side_y), (lefts, side_x) = tile_grid(plane.shape[0], tile), tile_grid(plane.shape[1], tile)
+        (tops, side_y), (lefts, side_x) = tile_grids(plane.shape, tile)
         corners = [(top, left) for top in tops for left in lefts]
         for number, (top, left) in enumerate(corners):
             rows, cols = min(side_y, plane.shape[0] - top), min(side_x, plane.shape[1] - left)

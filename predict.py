@@ -101,6 +101,9 @@ def add_through_plane_flags(parser):
                         help="time one volume may take; per-volume adaptation gets what inference leaves")
     parser.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=True,
                         help="fine-tune the pretrained through-plane model on each volume's own fine planes")
+    parser.add_argument("--adapt-learning-rate", type=positive_float, default=constants.ADAPT_LEARNING_RATE,
+                        help="Adam's rate for per-volume adaptation from a pretrained model (cosine-decayed over the "
+                             "time left)")
     parser.add_argument("--adapt-max-steps", type=positive_int, default=constants.ADAPT_MAX_STEPS,
                         help="at most this many adaptation steps a volume (it also stops when the volume's own "
                              "validation crops stop improving, or at the time left)")
@@ -295,7 +298,7 @@ def refine_through_plane(source, item, args, guard):
 def through_plane_settings(args):
     return through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile,
                                   args.ensemble or constants.THROUGH_PLANE_FLIPS, edges=args.edges,
-                                  max_steps=args.adapt_max_steps)
+                                  max_steps=args.adapt_max_steps, learning_rate=args.adapt_learning_rate)
 
 
 def ensemble_for(kind, args):

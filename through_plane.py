@@ -228,7 +228,8 @@ def adapt(start, planes, factor, *, seconds, settings, precision, progress=None,
         start: the model to start from (its weights), or None to train from scratch.
         planes: (n, h, w) float32 planes across the slice axis (each fine in both directions).
         factor: the thick-slice factor F.
-        seconds: wall time for training; the learning rate decays by a cosine over it.
+        seconds: wall time for training; the learning rate decays by a cosine over it (or over
+            settings.max_steps, whichever comes first).
         settings: the run's Settings (slice profile and seed of the training crops).
         precision: what the returned model computes in (a --precision value).
         progress: a tqdm bar counting seconds since `began`, or None.
@@ -244,7 +245,7 @@ def adapt(start, planes, factor, *, seconds, settings, precision, progress=None,
     model = modules.get_model_1d(factor, dtype=policy)
     if start is not None:
         model.set_weights(start.get_weights())
-    base_rate = constants.ADAPT_LEARNING_RATE if start is not None else constants.ADAPT_SCRATCH_LEARNING_RATE
+    base_rate = settings.learning_rate if start is not None else constants.ADAPT_SCRATCH_LEARNING_RATE
     optimizer = modules.adam(base_rate, policy)
     step = modules.make_train_step(model, optimizer, tf.distribute.get_strategy(), jit=False)
     crops = PlaneCrops(planes, factor, profile=settings.profile, seed=settings.seed)
@@ -255,7 +256,8 @@ def adapt(start, planes, factor, *, seconds, settings, precision, progress=None,
     started, steps = time.monotonic(), 0
     while (elapsed := time.monotonic() - started) < seconds and stale < constants.ADAPT_PATIENCE \
             and steps < settings.max_steps:
-        optimizer.learning_rate.assign(base_rate * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * elapsed / seconds))))
+        done = max(elapsed / seconds, steps / settings.max_steps)  # of whichever bound comes first
+        optimizer.learning_rate.assign(base_rate * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * done))))
         step(tuple(tf.constant(array) for array in crops.batch(constants.ADAPT_BATCH_SIZE)))
         steps += 1
         if steps % constants.ADAPT_CHECK_STEPS == 0:
@@ -297,13 +299,23 @@ def estimate(model, volume, axis, factor, flips=constants.THROUGH_PLANE_FLIPS, a
     return total / 2
 
 
-def seconds_per_input_pixel(model, flips):
-    """A timed inference on a small batch (after a warm-up call): the cost per input pixel of one estimate pass."""
-    sample = np.full((4, 24, 64), 0.5, np.float32)
-    inference.upscale_stack(model, sample, ensemble=flips)
-    began = time.monotonic()
-    inference.upscale_stack(model, sample, ensemble=flips)
-    return (time.monotonic() - began) / sample.size
+def inference_seconds(model, volume, axis, flips, edges="auto", sample=4):
+    """The time `estimate` will take on `volume`, from timing `sample` of its own planes in each orientation.
+
+    Each orientation's planes are timed on the real plane shape (after a
+    warm-up call on the same shape, which builds its graph), so the estimate
+    holds for thin or wide planes alike; a fixed small sample overestimated
+    real heads' inference about threefold.
+    """
+    total = 0.0
+    for other in [k for k in range(3) if k != axis]:
+        planes = np.moveaxis(volume, (other, axis), (0, 1))
+        picked = np.ascontiguousarray(planes[np.linspace(0, len(planes) - 1, min(sample, len(planes))).astype(int)])
+        inference.upscale_stack(model, picked, ensemble=flips, edges=edges)
+        began = time.monotonic()
+        inference.upscale_stack(model, picked, ensemble=flips, edges=edges)
+        total += (time.monotonic() - began) * len(planes) / len(picked)
+    return total
 
 
 # --- One volume ------------------------------------------------------------------------------
@@ -313,10 +325,10 @@ class Settings:
 
     def __init__(self, adapt=True, seconds=constants.THROUGH_PLANE_SECONDS, profile=constants.SLICE_PROFILE,
                  flips=constants.THROUGH_PLANE_FLIPS, seed=0, edges=constants.EDGES,
-                 max_steps=constants.ADAPT_MAX_STEPS):
+                 max_steps=constants.ADAPT_MAX_STEPS, learning_rate=constants.ADAPT_LEARNING_RATE):
         self.adapt, self.seconds, self.profile, self.flips, self.seed = adapt, seconds, profile, flips, seed
         self.edges = edges  # inference.upscale_planes' edges
-        self.max_steps = max_steps
+        self.max_steps, self.learning_rate = max_steps, learning_rate
 
 
 def advance_to(progress, began):
@@ -338,8 +350,8 @@ def prepare_model(source, volume, axis, factor, settings, began, progress=None):
                              "train one on this volume, or give --model")
         return start, origin
     reference = start if start is not None else modules.get_model_1d(factor)
-    inference_seconds = seconds_per_input_pixel(reference, settings.flips) * volume.size * 2  # two orientations
-    budget = settings.seconds - (time.monotonic() - began) - 1.5 * inference_seconds - 5.0
+    expected = inference_seconds(reference, volume, axis, settings.flips, settings.edges)
+    budget = settings.seconds - (time.monotonic() - began) - 1.2 * expected - 2.0
     if budget < 1.0:
         if start is None:
             raise ValueError(f"no time left to train a x{factor} model within --through-plane-seconds "
