@@ -5,7 +5,8 @@ usage:
 
 Both folders are read with this project's own reader (dicom_series.find_series / load_series), so the
 figure shows the output on its own geometry: top, slice K of the input (each voxel drawn as a block) and
-the output's slice at the same place; bottom, the reformatted plane through row J across the slices.
+the output's slice at the same place; bottom, the reformatted plane through row J across the slices; each
+cut to --size input pixels around the centre (the output's matching region), so the detail shows.
 """
 import argparse
 import os
@@ -42,6 +43,7 @@ def main(argv=None):
     parser.add_argument("figure")
     parser.add_argument("--slice", type=int, default=None, help="input slice (default: the middle one)")
     parser.add_argument("--row", type=int, default=None, help="input row of the reformatted plane (default: middle)")
+    parser.add_argument("--size", type=int, default=96, help="input pixels shown along each in-plane axis")
     args = parser.parse_args(argv)
     low_res, low_zooms = read_series(args.input)
     high_res, high_zooms = read_series(args.output)
@@ -53,12 +55,14 @@ def main(argv=None):
     axes = fig.subplots(2, 2)
     fine_k = k * factors[2] + factors[2] // 2
     fine_j = j * factors[1] + factors[1] // 2
-    panel(axes[0, 0], low_res[:, :, k], low_zooms[:2], f"input slice {k} ({low_res.shape[0]}x{low_res.shape[1]})",
-          low, high)
-    panel(axes[0, 1], high_res[:, :, fine_k], high_zooms[:2],
-          f"output ({high_res.shape[0]}x{high_res.shape[1]})", low, high)
-    panel(axes[1, 0], low_res[:, j, :], (low_zooms[0], low_zooms[2]), f"input, reformatted at row {j}", low, high)
-    panel(axes[1, 1], high_res[:, fine_j, :], (high_zooms[0], high_zooms[2]), "output, reformatted", low, high)
+    cut = [slice(max(0, n // 2 - args.size // 2), n // 2 + args.size // 2) for n in low_res.shape[:2]]
+    fine = [slice(c.start * f, c.stop * f) for c, f in zip(cut, factors)]
+    panel(axes[0, 0], low_res[cut[0], cut[1], k], low_zooms[:2],
+          f"input slice {k} ({low_res.shape[0]}x{low_res.shape[1]}), centre", low, high)
+    panel(axes[0, 1], high_res[fine[0], fine[1], fine_k], high_zooms[:2],
+          f"output ({high_res.shape[0]}x{high_res.shape[1]}), centre", low, high)
+    panel(axes[1, 0], low_res[cut[0], j, :], (low_zooms[0], low_zooms[2]), f"input, reformatted at row {j}", low, high)
+    panel(axes[1, 1], high_res[fine[0], fine_j, :], (high_zooms[0], high_zooms[2]), "output, reformatted", low, high)
     fig.tight_layout()
     fig.savefig(args.figure, dpi=100)
     print(f"wrote {args.figure}")
