@@ -52,7 +52,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
-from cli import current_umask
+from atomic_files import current_umask
 
 UNIFORM_TOLERANCE = 0.01  # relative spread of slice gaps still called even (the 1 %)
 MAX_TILT_DEGREES = 0.1  # slice stack vs. slice normal: more is a sheared (tilted) stack

@@ -11,7 +11,7 @@ import dataset
 import inference
 import modules
 import volumes
-from cli import write_atomically, write_json
+from atomic_files import write_atomically, write_json
 
 
 def scores(prediction, target):

@@ -36,8 +36,8 @@ import inference
 import modules
 import through_plane
 import volumes
-from cli import (OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size, upscale_factor,
-                 write_atomically)
+from atomic_files import write_atomically
+from cli import OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size, upscale_factor
 
 
 # --- Command line ------------------------------------------------------------

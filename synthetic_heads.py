@@ -28,7 +28,8 @@ from scipy import ndimage
 
 import constants
 import dataset
-from cli import OneLineErrorParser, positive_int, write_atomically
+from atomic_files import write_atomically
+from cli import OneLineErrorParser, positive_int
 
 # Labels, in the order of their intensity vectors.
 LABELS = ("background", "csf", "grey", "white", "bone", "marrow", "muscle", "fat", "skin")

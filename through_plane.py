@@ -33,7 +33,7 @@ import constants
 import inference
 import modules
 import volumes
-from cli import write_atomically, write_json
+from atomic_files import write_atomically, write_json
 from tensorflow_env import tf
 
 

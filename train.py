@@ -37,8 +37,9 @@ import constants  # noqa: E402
 import dataset  # noqa: E402
 import modules  # noqa: E402
 from backups import TrainingState  # noqa: E402
+from atomic_files import write_atomically  # noqa: E402
 from cli import (OneLineErrorParser, check_output_dir, filter_counts, positive_float, positive_int,  # noqa: E402
-                 target_size, upscale_factor, write_atomically)
+                 target_size, upscale_factor)
 from tensorflow_env import keras, tf  # noqa: E402
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 import inference
 import modules
-from cli import write_atomically
+from atomic_files import write_atomically
 
 # Volume files nibabel reads and writes: NIfTI, and FreeSurfer's MGH (.mgz is gzipped .mgh).
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
