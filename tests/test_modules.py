@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
+import constants
 import modules
 from tensorflow_env import keras, tf
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every random draw of a test (NumPy, TensorFlow, Keras initialisers) the same on every run."""
+    keras.utils.set_random_seed(2)
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (13, 17), (1, 5)])
@@ -59,9 +66,30 @@ def test_no_sub_pixel_channel_can_die():
 def test_ssim_matches_tensorflow():
     a = tf.random.uniform((3, 40, 33, 1), seed=1)
     b = tf.clip_by_value(a + tf.random.normal(a.shape, stddev=0.1, seed=2), 0.0, 1.0)
-    psnr, ssim = modules.psnr_ssim(b, a)
+    _, ssim = modules.psnr_ssim(b, a)
     assert np.allclose(ssim, tf.image.ssim(b, a, max_val=1.0), atol=1e-5)
-    assert np.allclose(psnr, tf.image.psnr(b, a, max_val=1.0), atol=1e-4)
+
+
+def test_psnr_is_per_image_ten_log_of_one_over_mse_capped_and_on_the_clipped_prediction():
+    rng = np.random.default_rng(3)
+    target = rng.random((4, 40, 33, 1)).astype(np.float32)
+    noise = rng.normal(0, 1, target.shape) * np.array([0.0, 0.02, 0.05, 0.2]).reshape(4, 1, 1, 1)
+    prediction = np.clip(target + noise, 0, 1).astype(np.float32)  # image 0 is the target itself
+    psnr, _ = modules.psnr_ssim(prediction, target)
+    mse = np.mean((prediction.astype(np.float64) - target) ** 2, axis=(1, 2, 3))
+    assert psnr[0] == constants.PSNR_CAP_DB  # identical: capped, not infinite
+    np.testing.assert_allclose(psnr[1:], 10 * np.log10(1 / mse[1:]), atol=1e-3)
+    assert 10 < psnr[3] < psnr[2] < psnr[1] < 40
+    tiny = modules.psnr_ssim(target + 1e-6, target)[0]  # finite, but far above the cap
+    assert np.all(tiny.numpy() == constants.PSNR_CAP_DB)
+
+    wild = prediction + rng.normal(0, 0.3, target.shape).astype(np.float32)  # outside [0, 1] in many pixels
+    assert (wild < 0).mean() > 0.05 and (wild > 1).mean() > 0.05
+    psnr_wild, ssim_wild = modules.psnr_ssim(wild, target)
+    psnr_clipped, ssim_clipped = modules.psnr_ssim(np.clip(wild, 0, 1), target)
+    assert np.array_equal(psnr_wild, psnr_clipped) and np.array_equal(ssim_wild, ssim_clipped)
+    clipped_mse = np.mean((np.clip(wild, 0, 1).astype(np.float64) - target) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(psnr_wild, 10 * np.log10(1 / clipped_mse), atol=1e-3)
 
 
 def test_psnr_callback_reports_mean_per_image_psnr():

@@ -103,32 +103,86 @@ def ctrl_c_reaches_children():
 # stopping is out of the way so that a finished run has exactly EPOCHS epochs.
 EPOCHS = 30
 RUN = [*FAST, "--jit", "off", "--epochs", str(EPOCHS), "--patience", "1000"]
+# Waits that no correct run reaches, even on a loaded machine: they only bound a broken one.
+PATIENCE_S = 600
 
 
-def start_training(data, out, *flags):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, "train.py", "--data-dir", data, "--output-dir", out, *RUN, *flags],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class Training:
+    """train.py in a subprocess, its output going to files (a pipe nobody reads while it runs could fill up)."""
+
+    def __init__(self, data, out, logs, *flags):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        logs.mkdir(exist_ok=True)
+        self.stdout_path, self.stderr_path = (logs / f"{len(os.listdir(logs))}-{name}" for name in ("out", "err"))
+        with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:
+            self.proc = subprocess.Popen([sys.executable, "train.py", "--data-dir", data, "--output-dir", out, *RUN,
+                                          *flags], cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+
+    def finish(self):
+        """(exit code, stdout, stderr) once the process has ended."""
+        self.proc.wait(timeout=PATIENCE_S)
+        return self.proc.returncode, self.stdout_path.read_text(), self.stderr_path.read_text()
 
 
-def stop_with_epochs_left(proc, out, how, timeout=240):
-    """Sends `how` once an epoch is done, while the run provably has epochs left, whatever the machine's speed.
+def freeze_when(proc, out, moment, poll_s=0.005):
+    """Freezes the process (SIGSTOP) the first time moment(epochs in history.csv) is true; returns those epochs.
 
-    The process is frozen (SIGSTOP) while history.csv is read: with k <= EPOCHS - 2 epochs written there, epoch
-    k + 2 cannot have begun, and a stop request ends the run at the latest after the epoch in progress.
-    Returns the epochs done when it was frozen.
+    Read while frozen, history.csv proves the run has epochs left: with k <= EPOCHS - 2 epochs written there,
+    epoch k + 2 cannot have begun, and a stop ends the run at the latest after the epoch in progress.
     """
-    deadline = time.time() + timeout
+    deadline = time.time() + PATIENCE_S
     while time.time() < deadline and proc.poll() is None:
-        if history_epochs(out):
+        if moment(history_epochs(out)):
             proc.send_signal(signal.SIGSTOP)
             done = len(history_epochs(out))
             assert done <= EPOCHS - 2, f"{done} of {EPOCHS} epochs before the run could be frozen"
-            proc.send_signal(how)
-            proc.send_signal(signal.SIGCONT)
             return done
-        time.sleep(0.005)
-    raise AssertionError(f"no completed epoch in time (exit {proc.poll()})")
+        time.sleep(poll_s)
+    raise AssertionError(f"the moment to stop never came (exit {proc.poll()})")
+
+
+def stop_with_epochs_left(proc, out, how, after=0):
+    """Sends `how` once more than `after` epochs are in history.csv, while the run provably has epochs left.
+
+    Returns the epochs done when it was frozen.
+    """
+    done = freeze_when(proc, out, lambda epochs: len(epochs) > after)
+    proc.send_signal(how)
+    proc.send_signal(signal.SIGCONT)
+    return done
+
+
+def saving(out):
+    """A moment(epochs) for freeze_when: an epoch after the first is being saved (backup/ holds something besides
+    the backup of the epochs in history.csv: the next one's .partial-* folder, or the next one itself)."""
+    def moment(epochs):
+        try:
+            names = set(os.listdir(os.path.join(out, "backup")))
+        except FileNotFoundError:
+            return False
+        return bool(epochs) and names != {f"epoch-{len(epochs):06d}"}
+    return moment
+
+
+def what_a_kill_may_leave(out, done):
+    """Checks what a kill -9 during saving leaves; returns (the backup a resume must take, stray files in out).
+
+    backup/ holds a complete epoch-N folder for N = the epochs in history.csv, or one more (killed after the
+    backup was renamed into place, before history.csv was rewritten); besides it only an older epoch-* folder
+    (killed before or while it was deleted) or a .partial-* folder (killed in mid-write).  out/ may hold the
+    temporary file of a model or history write (".partial-<random>-<name>"), never a half-written output.
+    """
+    assert history_epochs(out) == list(range(done))
+    names = os.listdir(os.path.join(out, "backup"))
+    complete = sorted(name for name in names if re.fullmatch(r"epoch-\d{6}", name))
+    newest = complete[-1]
+    assert int(newest[-6:]) in (done, done + 1), (done, names)
+    assert {"settings.json", "ckpt.index"} <= set(os.listdir(os.path.join(out, "backup", newest))), newest
+    assert all(name in complete or name.startswith(".partial-") for name in names), names
+    assert len(names) - len(complete) <= 1, names  # one write at a time
+    stray = {name for name in os.listdir(out) if name not in ("backup", "espcn.keras", "history.csv")}
+    assert all(re.fullmatch(r"\.partial-\w+-(espcn\.keras|history\.csv)", name) for name in stray), stray
+    return newest, stray
 
 
 def file_states(out):
@@ -141,18 +195,29 @@ def file_states(out):
     return states
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=lambda how: how.name)
 def test_interrupted_training_resumes_with_every_epoch_once(tmp_path, how, ctrl_c_reaches_children):
+    """SIGINT and SIGTERM after an epoch: a clean stop.  kill -9 while an epoch is being saved: whatever it
+    leaves, the resumed run takes the newest complete backup, and its first saved epoch clears the rest."""
     data = write_tree(tmp_path / "AD_NC", n_train=6, n_test=2)
-    out = str(tmp_path / "out")
-    proc = start_training(data, out)
-    done_when_frozen = stop_with_epochs_left(proc, out, how)
-    _, err = proc.communicate(timeout=120)
-    if how != signal.SIGKILL:  # a clean stop: one message, no traceback
-        assert proc.returncode == 130, err[-2000:]
-        assert err.count("interrupted (") == 1 and "resume" in err and "Traceback" not in err, err[-2000:]
+    out, logs = str(tmp_path / "out"), tmp_path / "logs"
+    run = Training(data, out, logs)
+    resumed_from, stray = None, set()
+    if how == signal.SIGKILL:
+        killed_after = freeze_when(run.proc, out, saving(out), poll_s=0.0005)  # a save takes milliseconds
+        run.proc.kill()
+        code, _, _ = run.finish()
+        assert code == -signal.SIGKILL
+        resumed_from, stray = what_a_kill_may_leave(out, killed_after)
+        run = Training(data, out, logs)  # resumed, and stopped cleanly once it has saved an epoch of its own
+        done_when_frozen = stop_with_epochs_left(run.proc, out, signal.SIGTERM, after=killed_after)
     else:
-        assert proc.returncode == -signal.SIGKILL
+        done_when_frozen = stop_with_epochs_left(run.proc, out, how)
+    code, stdout, err = run.finish()
+    assert code == 130, err[-2000:]  # a clean stop: one message, no traceback
+    assert err.count("interrupted (") == 1 and "resume" in err and "Traceback" not in err, err[-2000:]
+    if resumed_from:
+        assert f"resumed from {os.path.join(out, 'backup', resumed_from)}:" in stdout, stdout[-2000:]
     done = history_epochs(out)
     assert done_when_frozen <= len(done) <= done_when_frozen + 1 and done == list(range(len(done)))
     assert os.listdir(os.path.join(out, "backup")) == [f"epoch-{len(done):06d}"]
@@ -170,7 +235,8 @@ def test_interrupted_training_resumes_with_every_epoch_once(tmp_path, how, ctrl_
     assert "resumed" in result.stdout
     assert history_epochs(out) == list(range(EPOCHS)), "every epoch exactly once"
     assert not os.path.exists(os.path.join(out, "backup")), "a finished run leaves no backup"
-    assert not [f for f in os.listdir(out) if "partial" in f]
+    # a model or history write cut by kill -9 leaves its temporary file (nothing removes it); no run adds one
+    assert set(os.listdir(out)) == {"espcn.keras", "history.csv", "psnr.png", "loss.png"} | stray
 
 
 def test_restart_discards_a_backup_that_cannot_be_checked(tmp_path):

@@ -11,6 +11,9 @@ percentile range (volumes.robust_range, as predict.py scales a volume):
   <output-dir>/train/heads/<name>_<axis><index>.png        (train.py's groups: one head, one group)
   <output-dir>/validation/heads/<name>_<axis><index>.png   (the held-out heads: validation, by subject)
   <output-dir>/test/heads/...                              (a copy of validation/: train.py needs a test/)
+  <output-dir>/train/<class>/...                           with --template DIR: the embedded template's
+                                                           training slices too (data/AD_NC/train, which
+                                                           python train.py builds), so the models keep it
 The data is not committed (data/ is git-ignored).
 """
 import argparse
@@ -57,6 +60,8 @@ def main(argv=None):
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "data", "real_slices"))
     parser.add_argument("--step", type=int, default=3, help="every step-th slice across each axis")
     parser.add_argument("--min-tissue", type=float, default=0.05, help="share of the slice above 5%% of the range")
+    parser.add_argument("--template", default=None, metavar="DIR",
+                        help="a train/ folder of image slices to add (e.g. data/AD_NC/train)")
     args = parser.parse_args(argv)
     for split in ("train", "validation"):
         source = os.path.join(args.volumes, split)
@@ -65,6 +70,8 @@ def main(argv=None):
         heads = sorted(name for name in os.listdir(source) if volumes.is_nifti(name))
         total = sum(write_head(os.path.join(source, name), folder, args.step, args.min_tissue) for name in heads)
         print(f"{split}: {len(heads)} heads, {total} slices")
+    if args.template:
+        shutil.copytree(args.template, os.path.join(args.output_dir, "train"), dirs_exist_ok=True)
     test = os.path.join(args.output_dir, "test")
     shutil.rmtree(test, ignore_errors=True)
     shutil.copytree(os.path.join(args.output_dir, "validation"), test)
