@@ -91,7 +91,7 @@ PSNR_CAP_DB = 100.0
 # --- Output -----------------------------------------------------------------
 OUTPUT_DIR = "output"
 MODEL_FILENAME = "espcn.keras"
-# Committed model, trained by train.py with the command in README.md; predict.py
+# Committed model, trained by train.py with the command in docs/training-recipe.md; predict.py
 # falls back to it when no freshly trained model exists at --model's default.
 PRETRAINED_MODEL = "pretrained/espcn_x4.keras"
 # A DICOM series is written back as NIfTI ("nifti"), as a new DICOM series
@@ -104,12 +104,14 @@ FIGURE_IMAGES = 5
 # slice's shorter side (a quarter of a 256 slice: 64 pixels, shown 2.7x larger).
 INSET_FRACTION = 0.25
 # Input pixels (margins included) per inference batch: as many planes or tiles
-# as hold this many go through the model at once (95 planes of 64x64, 27 tiles
-# of 128x128; predict.py's --batch-size sets a count instead).  It bounds the
-# memory of one model call (about 130 MB of activations per layer in float32)
-# and, measured on a 2-core EPYC with AVX-512 BF16, predict's path on 64x64
-# planes ran 1186 img/s at 16 planes a batch, 1283 at 32, 1340 at 64 and 1403
-# at 96; 128x128 tiles peaked at 8-16 a batch.
+# as hold this many go through the model at once (128 planes of 64x64 fed as
+# trained, 95 with the mirror margin, 7 tiles of 256x256 with their margins;
+# predict.py's --batch-size sets a count instead).  It bounds the memory of one
+# model call (about 130 MB of activations per layer in float32); on the earlier
+# valid-padding path, on a 2-core EPYC with AVX-512 BF16, 64x64 planes ran 1186
+# img/s at 16 planes a batch, 1283 at 32, 1340 at 64 and 1403 at 96, and
+# 128x128 tiles peaked at 8-16 a batch; on an AMX Xeon batch size did not
+# matter (460-670 img/s from 4 to 95 planes, shared/bench/amx-findings.md).
 PREDICT_BATCH_PIXELS = 2 ** 19
 # Self-ensemble: the model's output averaged over this many flips / quarter turns
 # of its input (1, 2, 4 or 8; EDSR's "+"), at as many times the work.  Measured
@@ -144,7 +146,7 @@ OUTPUT_MEMORY_FACTOR = 2.0
 
 # --- Through-plane super-resolution (predict.py --through-plane) ------------
 # Committed 1-D models, one per factor, trained by
-# `python train.py --through-plane-factor F` (README); {factor} is filled in.
+# train.py --through-plane-factor F (docs/through-plane.md); {factor} is filled in.
 PRETRAINED_THROUGH_PLANE = "pretrained/espcn_through_x{factor}.keras"
 # The factor a --compare --through-plane run makes thick slices with, when
 # --through-plane-factor is not given (4 mm slices from a 1 mm volume).
@@ -167,7 +169,7 @@ ADAPT_SCRATCH_LEARNING_RATE = 1e-3  # factors without a pretrained model train f
 # Adaptation stops early when the model's loss on ADAPT_VALIDATION_CROPS fixed
 # crops of the volume itself has not improved by ADAPT_MIN_GAIN (relative) for
 # ADAPT_PATIENCE checks, one every ADAPT_CHECK_STEPS steps; the best check's
-# weights are kept.  Most of adaptation's gain comes early (README).
+# weights are kept.  Most of adaptation's gain comes early (docs/through-plane.md).
 ADAPT_VALIDATION_CROPS = 32
 ADAPT_CHECK_STEPS = 50
 ADAPT_PATIENCE = 4

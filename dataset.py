@@ -5,7 +5,7 @@ every slice into the Y (luma) channel on a black TARGET_SIZE square, and makes
 (input, target) pairs where the input is the target shrunk by area averaging.
 Also builds the embedded sample dataset from nilearn's MNI152 template.
 
-Reading rule for images of other sizes or modes (documented in README.md):
+Reading rule for images of other sizes or modes (documented in docs/data.md):
 colour is reduced to Y (ITU-R 601 luma, the Y of YUV); 16-bit and float images
 are scaled by their own maximum into 8 bits; a side shorter than the target is
 padded with black at the bottom/right (ADNI's 240 rows get 16 black rows, as

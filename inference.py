@@ -304,7 +304,7 @@ def bicubic_upscale(low_res, factor):
 def finite_copy(values):
     """(values with NaN/Inf replaced, mask of NaN, count of NaN, count of +-Inf).
 
-    The rule (README, "Non-finite values"): NaN is read as the lowest finite
+    The rule (docs/reliability.md, "Non-finite values"): NaN is read as the lowest finite
     value (the background, in MRI), +Inf as the highest and -Inf as the lowest.
     ValueError if no value is finite.
     """
