@@ -323,7 +323,7 @@ def without_autotune(data, parallel=constants.PIPELINE_PARALLEL_BATCHES):
     return data.with_options(options)
 
 
-def make_training_dataset(images, batch_size, factor=constants.UPSCALE_FACTOR, patch=constants.PATCH_SIZE,
+def make_training_dataset(images, batch_size, *, factor=constants.UPSCALE_FACTOR, patch=constants.PATCH_SIZE,
                           patches_per_image=constants.PATCHES_PER_IMAGE, augment=constants.AUGMENT,
                           seed=constants.SEED, epochs=1, first_epoch=0,
                           parallel=constants.PIPELINE_PARALLEL_BATCHES, thick_slices=False):

@@ -367,8 +367,8 @@ def restore(state, run, epochs):
 def training_batches(args, run, images, plan, first_epoch):
     """An iterator over every remaining epoch's distributed training batches (one pipeline for the run)."""
     data = dataset.make_training_dataset(
-        images, plan.global_batch, args.upscale_factor, plan.patch, args.patches_per_image, args.augment,
-        seed=args.seed, epochs=max(0, args.epochs - first_epoch), first_epoch=first_epoch,
+        images, plan.global_batch, factor=args.upscale_factor, patch=plan.patch,
+        patches_per_image=args.patches_per_image, augment=args.augment, seed=args.seed, epochs=max(0, args.epochs - first_epoch), first_epoch=first_epoch,
         parallel=args.pipeline_batches, thick_slices=bool(args.through_plane_factor))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
