@@ -22,7 +22,7 @@ def scores(prediction, target):
 
 # --- The test split ----------------------------------------------------------------
 
-def evaluate_test_split(model, data_dir, batch_size, size, ensemble=1):
+def evaluate_test_split(model, data_dir, batch_size, size, ensemble=1, edges="auto"):
     """Model and bicubic outputs with per-image scores over the whole test split."""
     factor = modules.model_upscale_factor(model)
     if size % factor:
@@ -37,7 +37,7 @@ def evaluate_test_split(model, data_dir, batch_size, size, ensemble=1):
     for low_res, target in tqdm(batches, total=total, desc="evaluating", unit="batch"):
         low_res, target = low_res.numpy(), target.numpy()
         outputs = {"model": inference.upscale_stack(model, low_res[..., 0], batch_size,
-                                                           ensemble=ensemble)[..., None],
+                                                           ensemble=ensemble, edges=edges)[..., None],
                    "bicubic": inference.bicubic_upscale(low_res, factor)}
         for name, output in outputs.items():
             psnr, ssim = scores(output, target)
@@ -53,16 +53,16 @@ def summarise(results):
     return summary
 
 
-def run_evaluation(model, data_dir, output_dir, batch_size, size, figure_images, ensemble=1):
+def run_evaluation(model, data_dir, output_dir, batch_size, size, figure_images, ensemble=1, edges="auto"):
     """Writes <output_dir>/evaluation.json and multi_comp_<n>.png; returns the summary."""
-    test, results = evaluate_test_split(model, data_dir, batch_size, size, ensemble)
+    test, results = evaluate_test_split(model, data_dir, batch_size, size, ensemble, edges)
     summary = summarise(results)
     json_path = os.path.join(output_dir, "evaluation.json")
     write_json(json_path, summary)
     count = min(figure_images, len(test.paths))
     picks = np.linspace(0, len(test.paths) - 1, count).round().astype(int)
     rows = comparison_rows(model, dataset.to_unit_float(test.images[picks]).numpy(),
-                           modules.model_upscale_factor(model), ensemble)
+                           modules.model_upscale_factor(model), ensemble, edges)
     figure_path = os.path.join(output_dir, f"multi_comp_{count}.png")
     save_comparison_figure(rows, figure_path, [os.path.basename(test.paths[i]) for i in picks])
     print(f"{summary['n_images']} test images: model PSNR {summary['model_psnr']:.2f} dB "
@@ -74,11 +74,11 @@ def run_evaluation(model, data_dir, output_dir, batch_size, size, figure_images,
 
 # --- Figures ---------------------------------------------------------------------------
 
-def comparison_rows(model, target, factor, ensemble=1):
+def comparison_rows(model, target, factor, ensemble=1, edges="auto"):
     """(original, bicubic, model) images and their scores for (N, H, W, 1) [0,1] originals."""
     low_res = dataset.downsample(target, factor).numpy()
     outputs = {"bicubic": inference.bicubic_upscale(low_res, factor),
-               "model": inference.upscale_stack(model, low_res[..., 0], ensemble=ensemble)[..., None]}
+               "model": inference.upscale_stack(model, low_res[..., 0], ensemble=ensemble, edges=edges)[..., None]}
     rows = []
     for i in range(len(target)):
         row = [("original", target[i], None)]
@@ -149,7 +149,7 @@ def high_res_plane(path, axis):
         return dataset.luma_uint8(image).astype(np.float32) / 255.0
 
 
-def compare_on_input(model, path, out_path, axis, ensemble=1):
+def compare_on_input(model, path, out_path, axis, ensemble=1, edges="auto"):
     """Downsamples the file's plane, super-resolves it both ways, writes the figure; returns a score line."""
     factor = modules.model_upscale_factor(model)
     plane = high_res_plane(path, axis)
@@ -157,7 +157,7 @@ def compare_on_input(model, path, out_path, axis, ensemble=1):
     minimum = max(11, factor)  # the SSIM window is 11x11
     if min(height, width) < minimum:
         raise ValueError(f"too small to compare ({plane.shape[1]}x{plane.shape[0]}); needs {minimum} pixels a side")
-    row = comparison_rows(model, plane[None, :height, :width, None], factor, ensemble)[0]
+    row = comparison_rows(model, plane[None, :height, :width, None], factor, ensemble, edges)[0]
     save_comparison_figure([row], out_path, [os.path.basename(path)])
     (_, _, (mp, ms)), (_, _, (bp, bs)) = row[2], row[1]
     return f"model PSNR {mp:.2f} dB SSIM {ms:.4f} | bicubic PSNR {bp:.2f} dB SSIM {bs:.4f}"

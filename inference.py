@@ -32,7 +32,8 @@ pixels) and the computation other frameworks do, so it is the fastest path on
 every CPU measured, AMX included (issue 20); the mirror margin costs 1.34x for
 a 64x64 plane, and is taken only by the small and flat planes above.
 
-Size: a plane larger than TILE_SIZE is cut into overlapping tiles; each tile
+Size: a plane of more than TILE_SIZE x TILE_SIZE pixels is cut into
+overlapping tiles of at most TILE_SIZE a side (tile_grids); each tile
 carries a margin of the receptive radius from its neighbours (at the plane's
 border: the mirror margin, or nothing when served as trained, exactly as the
 whole plane is fed), and only its centre is kept, so the result is the same as
@@ -183,8 +184,8 @@ def serves_as_trained(plane, margin):
     return high - low > constants.FLAT_BORDER_SPAN or high <= constants.BACKGROUND_LEVEL
 
 
-def tile_window(start, length, side, margin, extent):
-    """(first, size) of the input window of a tile at `start` of `length` pixels, inside [0, extent).
+def tile_window(start, side, margin, extent):
+    """(first, size) of the input window of a tile at `start`, inside [0, extent).
 
     The window reaches `margin` pixels beyond the tile on both sides and has
     side + 2 margin pixels (or all of `extent`, if smaller) for every tile, so
@@ -195,7 +196,7 @@ def tile_window(start, length, side, margin, extent):
 
 
 def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SIZE, progress=None,
-                   ensemble=1, edges="auto"):
+                   ensemble=1, edges="auto", clip=True):
     """Super-resolves (n, h, w) float planes in [0, 1], batch of tiles by batch of tiles.
 
     Args:
@@ -205,21 +206,25 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
             (rows, cols) array in [0, 1] and top/left are its position in the output plane `index`.
         batch_size: model inputs per call (each view of the self-ensemble counts as one); None: as many as
             hold constants.PREDICT_BATCH_PIXELS input pixels.
-        tile: the largest tile side in input pixels; larger planes are cut into overlapping tiles.
+        tile: planes of more than tile x tile pixels are cut into overlapping tiles of at most this side.
         progress: a tqdm bar advanced by one per finished plane, or None.
         ensemble: 1 (the model once), or 2, 4 or 8: the mean of the model's outputs over that many of
             DIHEDRAL_VIEWS of each tile (self-ensemble, as EDSR's "+" models), at that many times the work;
             at most 4 (the flips) for a through-plane model.
         edges: "auto" (serves_as_trained decides for each plane), "trained" or "mirror" (for every plane:
             a caller that cuts one image into several planes decides once for the whole image).
+        clip: outputs clipped to [0, 1] (False: as the network gives them, for a caller that corrects them
+            further, as through-plane's data consistency does).
     """
+    if edges not in ("auto", "trained", "mirror"):
+        raise ValueError(f"--edges must be auto, trained or mirror, got {edges!r}")
     views = views_for(model, ensemble)
     factors = modules.upscale_factors(model)
     margin = receptive_radius(model)
     batch, places = [], []
 
     def flush():
-        outputs = predict_pieces(model, batch)
+        outputs = predict_pieces(model, batch, clip)
         for number, (index, top, left, crop, last) in enumerate(places):
             output = mean_of_views(outputs[number * len(views):(number + 1) * len(views)], views)
             write(index, top * factors[0], left * factors[1], output[crop])
@@ -237,8 +242,8 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
         corners = [(top, left) for top in tops for left in lefts]
         for number, (top, left) in enumerate(corners):
             rows, cols = min(side_y, plane.shape[0] - top), min(side_x, plane.shape[1] - left)
-            first_y, size_y = tile_window(top + offset, rows, side_y, margin, source.shape[0])
-            first_x, size_x = tile_window(left + offset, cols, side_x, margin, source.shape[1])
+            first_y, size_y = tile_window(top + offset, side_y, margin, source.shape[0])
+            first_x, size_x = tile_window(left + offset, side_x, margin, source.shape[1])
             piece = source[first_y:first_y + size_y, first_x:first_x + size_x]
             skip_y, skip_x = (top + offset - first_y) * factors[0], (left + offset - first_x) * factors[1]
             crop = (slice(skip_y, skip_y + rows * factors[0]), slice(skip_x, skip_x + cols * factors[1]))
@@ -250,14 +255,15 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
         flush()
 
 
-def predict_pieces(model, pieces):
-    """Clipped float32 outputs for a list of 2D inputs, one model call per input shape (turned views differ)."""
+def predict_pieces(model, pieces, clip=True):
+    """Float32 outputs (clipped to [0, 1] if `clip`) for a list of 2D inputs, one model call per input shape."""
     by_shape = {}
     for number, piece in enumerate(pieces):
         by_shape.setdefault(piece.shape, []).append(number)
     outputs = [None] * len(pieces)
     for numbers in by_shape.values():
-        results = predict_clipped(model, np.stack([pieces[n] for n in numbers])[..., None])[..., 0]
+        batch = np.stack([pieces[n] for n in numbers])[..., None]
+        results = (predict_clipped(model, batch) if clip else model_output(model, batch).numpy())[..., 0]
         for number, result in zip(numbers, results):
             outputs[number] = result
     return outputs
@@ -266,6 +272,11 @@ def predict_pieces(model, pieces):
 def predict_clipped(model, batch):
     """Model output for a float32 (N, h, w, 1) batch, as a float32 array clipped to [0, 1]."""
     return clipped_output(model, batch).numpy()
+
+
+@tf.function(reduce_retracing=True)
+def model_output(model, batch):
+    return model(batch, training=False)
 
 
 @tf.function(reduce_retracing=True)
@@ -280,8 +291,8 @@ def upscale_plane(model, plane, batch_size=None, tile=constants.TILE_SIZE, ensem
     return upscale_stack(model, plane[None], batch_size, tile, ensemble, edges)[0]
 
 
-def upscale_stack(model, planes, batch_size=None, tile=constants.TILE_SIZE, ensemble=1, edges="auto"):
-    """The float32 [0, 1] outputs for (n, h, w) planes in [0, 1], in memory (upscale_planes' arguments)."""
+def upscale_stack(model, planes, batch_size=None, tile=constants.TILE_SIZE, ensemble=1, edges="auto", clip=True):
+    """The float32 outputs for (n, h, w) planes in [0, 1], in memory (upscale_planes' arguments)."""
     rows, cols = modules.upscale_factors(model)
     n, height, width = np.shape(planes)
     out = np.empty((n, height * rows, width * cols), np.float32)
@@ -289,7 +300,7 @@ def upscale_stack(model, planes, batch_size=None, tile=constants.TILE_SIZE, ense
     def write(index, top, left, block):
         out[index, top:top + block.shape[0], left:left + block.shape[1]] = block
 
-    upscale_planes(model, planes, write, batch_size, tile, ensemble=ensemble, edges=edges)
+    upscale_planes(model, planes, write, batch_size, tile, ensemble=ensemble, edges=edges, clip=clip)
     return out
 
 

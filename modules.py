@@ -330,8 +330,12 @@ def inference_model(model, precision=constants.PREDICT_PRECISION):
 def copy_weights(source, target):
     """Sets every weighted layer of `target` to the weights of `source`'s layer of the same name.
 
-    ValueError in words where `source` is another kind of model (a layer missing, or of another shape).
+    ValueError in words where `source` is another kind of model (in-plane or through-plane, another factor,
+    a layer missing or of another shape).
     """
+    if upscale_factors(source) != upscale_factors(target):
+        raise ValueError(f"model {source.name} upscales (rows, columns) x{upscale_factors(source)}, not "
+                         f"x{upscale_factors(target)}")
     for layer in target.layers:
         if not layer.weights:
             continue

@@ -11,9 +11,13 @@ usage:
       high-resolution original instead: downsampled x4, then bicubic vs model
       vs original in a figure <stem>_compare.png.
   python predict.py --input VOLUME [...] --through-plane --output-dir DIR
-      Refines thick-slice NIfTI volumes between their slices (through_plane.py):
+      Refines thick-slice volumes between their slices (through_plane.py):
       <stem>_through_x<F>.nii.gz; with --compare, thick slices are made from
       each (fine) volume and the model is scored against cubic B-spline.
+  python predict.py --input SERIES_DIR [...] --output-dir DIR [--output-format nifti|dicom|both]
+      DICOM series (folders of files of any names; dicom_series.py), in-plane
+      or --through-plane, written as NIfTI, as a new DICOM series, or both.
+      FreeSurfer .mgz/.mgh volumes are taken like NIfTI and written as .mgz.
 
 Without --model, the freshly trained <output-dir>/espcn.keras is used if it
 exists, else the pretrained model shipped with the project.
@@ -150,7 +154,7 @@ def expand_inputs(paths):
     for path in paths:
         inside = sorted(os.path.join(path, name) for name in os.listdir(path)) if os.path.isdir(path) else [path]
         for file in inside:
-            kind = kind_of(file) if os.path.exists(file) else None
+            kind = kind_of(file) if os.path.isfile(file) else None
             if kind == "dicom":
                 dicom_files.append(file)
             elif kind or not os.path.isdir(path):  # a given file is reported even when unsupported
@@ -191,6 +195,8 @@ class OutputGuard:
         real = os.path.realpath(out_path)
         if real in self.inputs:
             raise ValueError(f"its output {out_path} is one of the inputs; not overwriting it")
+        if any(path.startswith(real + os.sep) for path in self.inputs):  # a DICOM output folder
+            raise ValueError(f"its output folder {out_path} holds inputs; not replacing it")
         other = self.claimed.setdefault(real, source)
         if other != source:
             raise ValueError(f"its output {out_path} would overwrite the output of {other} (same name)")
@@ -236,7 +242,10 @@ def claim_outputs(item, tag, args, guard):
         return {"nifti": guard.claim(item, os.path.join(args.output_dir, name))}
     formats = ("nifti", "dicom") if args.output_format == "both" else (args.output_format,)
     names = {"nifti": f"{item.stem}_{tag}.nii.gz", "dicom": f"{item.stem}_{tag}"}
-    return {kind: guard.claim(label_of(item), os.path.join(args.output_dir, names[kind])) for kind in formats}
+    outputs = {kind: guard.claim(label_of(item), os.path.join(args.output_dir, names[kind])) for kind in formats}
+    if "dicom" in outputs:
+        dicom_series.check_replaceable(outputs["dicom"])  # refused before the work, not after it
+    return outputs
 
 
 def write_volume(item, image, out, factors, outputs, tag):
@@ -309,7 +318,7 @@ def ensemble_for(kind, args):
 def compare(model, path, args, guard):
     out_path = guard.claim(path, os.path.join(args.output_dir, f"{stem_of(path)}_compare.png"))
     ensemble = ensemble_for(kind_of(path), args)
-    return Result(out_path, evaluation.compare_on_input(model, path, out_path, args.axis, ensemble))
+    return Result(out_path, evaluation.compare_on_input(model, path, out_path, args.axis, ensemble, args.edges))
 
 
 def in_plane_handler(model, args):
@@ -395,7 +404,7 @@ def main(argv=None):
 
         dataset.prepare_data_dir(args.data_dir)
         evaluation.run_evaluation(model, args.data_dir, args.output_dir, args.batch_size, args.target_size,
-                                  args.figure_images, ensemble_for("image", args))
+                                  args.figure_images, ensemble_for("image", args), args.edges)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

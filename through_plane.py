@@ -10,7 +10,7 @@ slices.  The method is SMORE's idea with the seed's small ESPCN:
   factor ships in pretrained/, trained by `train.py --through-plane-factor F`;
 - per-volume adaptation (`adapt`): the volume's own fine in-plane planes,
   made thick along one in-plane direction, fine-tune the pretrained model for
-  the time the volume may take;
+  the time the volume may take, or until its check crops stop improving;
 - inference (`estimate`): every plane that contains the slice axis, in both
   such orientations, with flips, averaged;
 - data consistency (`make_consistent`): the estimate is projected onto the
@@ -202,14 +202,16 @@ class PlaneCrops:
         self.centres = tissue if len(tissue) else np.argwhere(np.ones(planes.shape, bool))
         self.rng = np.random.default_rng(seed)
 
-    def batch(self, count):
-        """(thick (count, size/F, size, 1), fine (count, size, size, 1)) float32 arrays."""
+    def batch(self, count, rng=None):
+        """(thick (count, size/F, size, 1), fine (count, size, size, 1)) float32 arrays, drawn with `rng`
+        (default: the crops' own random stream)."""
+        rng = self.rng if rng is None else rng
         fine = np.empty((count, self.size, self.size), np.float32)
-        for i, (index, row, col) in enumerate(self.centres[self.rng.integers(len(self.centres), size=count)]):
+        for i, (index, row, col) in enumerate(self.centres[rng.integers(len(self.centres), size=count)]):
             top = int(np.clip(row - self.size // 2, 0, self.planes.shape[1] - self.size))
             left = int(np.clip(col - self.size // 2, 0, self.planes.shape[2] - self.size))
             crop = self.planes[index, top:top + self.size, left:left + self.size]
-            turn = self.rng.integers(8)
+            turn = rng.integers(8)
             crop = np.rot90(crop, turn % 4)
             fine[i] = crop[::-1] if turn >= 4 else crop
         thick = np.einsum("tr,nrc->ntc", self.weights, fine)
@@ -234,7 +236,8 @@ def adapt(start, planes, factor, *, seconds, settings, precision, progress=None,
         precision: what the returned model computes in (a --precision value).
         progress: a tqdm bar counting seconds since `began`, or None.
     Training stops early when the model's loss on a fixed set of the volume's
-    own crops (drawn apart from the training crops' random stream) has not
+    own crops (drawn with a random stream of their own from the same planes, so
+    a check of fit to this volume rather than held-out data) has not
     improved by ADAPT_MIN_GAIN for ADAPT_PATIENCE checks of ADAPT_CHECK_STEPS
     steps each; the weights of the best check are kept.
 
@@ -249,8 +252,8 @@ def adapt(start, planes, factor, *, seconds, settings, precision, progress=None,
     optimizer = modules.adam(base_rate, policy)
     step = modules.make_train_step(model, optimizer, tf.distribute.get_strategy(), jit=False)
     crops = PlaneCrops(planes, factor, profile=settings.profile, seed=settings.seed)
-    validation = tuple(tf.constant(array) for array in PlaneCrops(
-        planes, factor, profile=settings.profile, seed=settings.seed + 1).batch(constants.ADAPT_VALIDATION_CROPS))
+    validation = tuple(tf.constant(array) for array in crops.batch(constants.ADAPT_VALIDATION_CROPS,
+                                                                   np.random.default_rng(settings.seed + 1)))
     best, best_weights, stale = float(crop_loss(model, *validation)), model.get_weights(), 0
     began = time.monotonic() if began is None else began
     started, steps = time.monotonic(), 0
@@ -267,6 +270,8 @@ def adapt(start, planes, factor, *, seconds, settings, precision, progress=None,
             else:
                 stale += 1
         advance_to(progress, began)
+    if steps % constants.ADAPT_CHECK_STEPS and float(crop_loss(model, *validation)) < best:
+        best_weights = model.get_weights()  # the steps since the last check (all of them, on a short budget)
     model.set_weights(best_weights)
     why = "validation" if stale >= constants.ADAPT_PATIENCE else "steps" if steps >= settings.max_steps else "time"
     return modules.inference_model(model, precision), steps, why
@@ -292,7 +297,8 @@ def estimate(model, volume, axis, factor, flips=constants.THROUGH_PLANE_FLIPS, a
     total = None
     for other in [k for k in range(3) if k != axis]:
         planes = np.moveaxis(volume, (other, axis), (0, 1))  # (n, thick rows, fine cols)
-        out = np.moveaxis(inference.upscale_stack(model, planes, ensemble=flips, edges=edges), (0, 1), (other, axis))
+        out = inference.upscale_stack(model, planes, ensemble=flips, edges=edges, clip=False)
+        out = np.moveaxis(out, (0, 1), (other, axis))
         total = out if total is None else total + out
         if after_pass is not None:
             after_pass()

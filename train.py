@@ -339,8 +339,9 @@ def build_model(args, run, plan):
             if args.through_plane_factor else modules.get_model(args.upscale_factor, filters=args.filters,
                                                                 dtype=run.policy)
         if args.init_model:
+            start = read_init_model(args.init_model)
             try:
-                modules.copy_weights(read_init_model(args.init_model), model)
+                modules.copy_weights(start, model)
             except ValueError as error:
                 raise ValueError(f"--init-model {args.init_model}: {error}") from None
         optimizer = make_optimizer(args, plan.steps, run.replicas, run.policy)
@@ -349,9 +350,7 @@ def build_model(args, run, plan):
 
 
 def read_init_model(path):
-    """The .keras model of --init-model (safe mode); ValueError naming the flag if it cannot be read."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--init-model {path}: no such file")
+    """The .keras model of --init-model (safe mode; set_up checked that it exists); ValueError naming the flag."""
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # corrupt archives fail in many ways inside Keras

@@ -94,3 +94,14 @@ def test_a_mixed_folder_handles_each_kind_and_a_bad_series_does_not_stop_the_oth
     assert (tmp_path / "out" / "good_s1_x4.nii.gz").exists() and not (tmp_path / "out" / "good_s2_x4.nii.gz").exists()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "evenly spaced" in errors[0] and "Traceback" not in err
+
+
+def test_an_output_folder_that_holds_inputs_is_never_replaced(tmp_path, capsys):
+    out = tmp_path / "out"
+    inside = write_files(str(out / "a_x4"), smooth_head((24, 24, 1)), names=["a"])  # a one-file series: stem "a"
+    before = open(inside[0], "rb").read()
+    code = predict.main(["--input", inside[0], "--output-dir", str(out), "--output-format", "dicom",
+                         "--precision", "float32"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and "holds inputs" in errors[0]
+    assert os.listdir(out / "a_x4") == ["a"] and open(inside[0], "rb").read() == before

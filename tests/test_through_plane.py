@@ -229,4 +229,4 @@ def test_train_py_fine_tunes_from_an_init_model_and_refuses_another_kind(tmp_pat
     result = run_script("train.py", *common, "--output-dir", str(tmp_path / "b"), "--init-model", wrong)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
-    assert "--init-model" in errors[0] and "conv4_linear" in errors[0]
+    assert "--init-model" in errors[0] and "x(4, 1), not x(3, 1)" in errors[0]

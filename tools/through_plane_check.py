@@ -23,7 +23,7 @@ folder train.py --output-dir output/through_x<F> writes).
 Extra predict.py flags go after `--` or in --predict-args="..." (with "=" so argparse takes a leading dash):
   python tools/through_plane_check.py --heads ds002748_sub-10 mne_sample_ecog_T1 -- --no-adapt
   python tools/through_plane_check.py --predict-args="--through-plane-seconds 60"
-Not a test: with adaptation on, each volume takes up to --through-plane-seconds (170 s by default).
+Not a test: with adaptation on, each volume takes up to --through-plane-seconds (75 s by default).
 """
 import argparse
 import json
