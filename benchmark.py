@@ -221,7 +221,7 @@ def cpu_name():
     """The CPU's model name, cores and native bfloat16 flags ("AMD EPYC, 2 cores, avx512_bf16")."""
     text = modules.cpuinfo_text()
     names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-    flags = [flag for flag in modules.BF16_CPU_FLAGS if flag in text] or ["no bf16"]
+    flags = [flag for flag in modules.BF16_CPU_FLAGS if flag in modules.cpu_flags()] or ["no bf16"]
     return f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} cores, {' '.join(flags)}"
 
 
