@@ -238,7 +238,7 @@ def adapt(start, planes, factor, *, seconds, settings, precision, progress=None,
     Training stops early when the model's loss on a fixed set of the volume's
     own crops (drawn with a random stream of their own from the same planes, so
     a check of fit to this volume rather than held-out data) has not
-    improved by ADAPT_MIN_GAIN for ADAPT_PATIENCE checks of ADAPT_CHECK_STEPS
+    improved by ADAPT_MIN_GAIN for settings.patience checks of ADAPT_CHECK_STEPS
     steps each; the weights of the best check are kept.
 
     Returns:
@@ -257,7 +257,7 @@ def adapt(start, planes, factor, *, seconds, settings, precision, progress=None,
     best, best_weights, stale = float(crop_loss(model, *validation)), model.get_weights(), 0
     began = time.monotonic() if began is None else began
     started, steps = time.monotonic(), 0
-    while (elapsed := time.monotonic() - started) < seconds and stale < constants.ADAPT_PATIENCE \
+    while (elapsed := time.monotonic() - started) < seconds and stale < settings.patience \
             and steps < settings.max_steps:
         done = max(elapsed / seconds, steps / settings.max_steps)  # of whichever bound comes first
         optimizer.learning_rate.assign(base_rate * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * done))))
@@ -273,7 +273,7 @@ def adapt(start, planes, factor, *, seconds, settings, precision, progress=None,
     if steps % constants.ADAPT_CHECK_STEPS and float(crop_loss(model, *validation)) < best:
         best_weights = model.get_weights()  # the steps since the last check (all of them, on a short budget)
     model.set_weights(best_weights)
-    why = "validation" if stale >= constants.ADAPT_PATIENCE else "steps" if steps >= settings.max_steps else "time"
+    why = "validation" if stale >= settings.patience else "steps" if steps >= settings.max_steps else "time"
     return modules.inference_model(model, precision), steps, why
 
 
@@ -331,10 +331,12 @@ class Settings:
 
     def __init__(self, adapt=True, seconds=constants.THROUGH_PLANE_SECONDS, profile=constants.SLICE_PROFILE,
                  flips=constants.THROUGH_PLANE_FLIPS, seed=0, edges=constants.EDGES,
-                 max_steps=constants.ADAPT_MAX_STEPS, learning_rate=constants.ADAPT_LEARNING_RATE):
+                 max_steps=constants.ADAPT_MAX_STEPS, learning_rate=constants.ADAPT_LEARNING_RATE,
+                 patience=constants.ADAPT_PATIENCE):
         self.adapt, self.seconds, self.profile, self.flips, self.seed = adapt, seconds, profile, flips, seed
         self.edges = edges  # inference.upscale_planes' edges
         self.max_steps, self.learning_rate = max_steps, learning_rate
+        self.patience = patience  # adaptation's early stop, in checks (tools/adaptation_steps.py turns it off)
 
 
 def advance_to(progress, began):

@@ -2,12 +2,15 @@
 
 usage:
   python tools/real_slices.py [--volumes data/real_volumes] [--output-dir data/real_slices] [--step 3]
+      [--head-step NAME STEP ...] [--template DIR]
 
 train.py reads 2D slices from image files; the through-plane models learn from slices made thick along
 their rows (dataset.make_thick_pair, with flips and quarter turns).  This writes, for every head of
 tools/real_volumes.py's train/ and validation/ splits, the slices across each of its three axes (every
 --step-th slice holding at least --min-tissue of tissue), as 8-bit greyscale PNG on the head's own 0.5-99.5
-percentile range (volumes.robust_range, as predict.py scales a volume):
+percentile range (volumes.robust_range, as predict.py scales a volume); --head-step gives a head a step of its
+own (the one training head with a skull, studyforrest_T1w, takes every slice: 887 slices instead of 221 at
+step 4, so that heads with skull and scalp are not 3% of what the models see):
   <output-dir>/train/heads/<name>_<axis><index>.png        (train.py's groups: one head, one group)
   <output-dir>/validation/heads/<name>_<axis><index>.png   (the held-out heads: validation, by subject)
   <output-dir>/test/heads/...                              (a copy of validation/: train.py needs a test/)
@@ -59,16 +62,29 @@ def main(argv=None):
                         help="tools/real_volumes.py's output (train/ and validation/ heads)")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "data", "real_slices"))
     parser.add_argument("--step", type=int, default=3, help="every step-th slice across each axis")
+    parser.add_argument("--head-step", nargs=2, action="append", default=[], metavar=("NAME", "STEP"),
+                        help="a step of its own for the head NAME (its file name without .nii.gz); repeatable")
     parser.add_argument("--min-tissue", type=float, default=0.05, help="share of the slice above 5%% of the range")
     parser.add_argument("--template", default=None, metavar="DIR",
                         help="a train/ folder of image slices to add (e.g. data/AD_NC/train)")
     args = parser.parse_args(argv)
+    try:
+        steps = {name: int(step) for name, step in args.head_step}
+    except ValueError:
+        parser.error(f"--head-step: STEP must be a whole number, got {args.head_step}")
+    if any(step < 1 for step in steps.values()):
+        parser.error("--head-step: STEP must be at least 1")
+    known = {volumes.nifti_stem(name) for split in ("train", "validation")
+             for name in os.listdir(os.path.join(args.volumes, split)) if volumes.is_nifti(name)}
+    if set(steps) - known:
+        parser.error(f"--head-step: no head named {' '.join(sorted(set(steps) - known))} in {args.volumes}")
     for split in ("train", "validation"):
         source = os.path.join(args.volumes, split)
         folder = os.path.join(args.output_dir, split, "heads")
         os.makedirs(folder, exist_ok=True)
         heads = sorted(name for name in os.listdir(source) if volumes.is_nifti(name))
-        total = sum(write_head(os.path.join(source, name), folder, args.step, args.min_tissue) for name in heads)
+        total = sum(write_head(os.path.join(source, name), folder, steps.get(volumes.nifti_stem(name), args.step),
+                               args.min_tissue) for name in heads)
         print(f"{split}: {len(heads)} heads, {total} slices")
     if args.template:
         shutil.copytree(args.template, os.path.join(args.output_dir, "train"), dirs_exist_ok=True)
