@@ -155,8 +155,11 @@ THROUGH_PLANE_COMPARE_FACTOR = 4
 # volumes of a head within 180 s on 2 cores, TensorFlow's start-up, reading and
 # writing included; adaptation gets what is left after the measured cost of
 # inference (and stops earlier when the volume's own validation crops stop
-# improving), so a slower machine trains less.
-THROUGH_PLANE_SECONDS = 75.0
+# improving), so a slower machine trains less.  TensorFlow's start-up (about
+# 10 s a run), reading and writing (about 8 s a volume of 15M voxels) come on
+# top: at 75 s a head's two volumes measured up to 176 s when neither stopped
+# early (2-core EPYC); 65 s leaves a margin under 180 s (docs/through-plane.md).
+THROUGH_PLANE_SECONDS = 65.0
 # Per-volume adaptation (SMORE's idea): fine-tune the pretrained model on the
 # volume's own fine in-plane planes, made thick along one in-plane direction.
 # Crops are about ADAPT_PATCH fine pixels a side (cut to a multiple of the

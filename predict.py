@@ -102,7 +102,8 @@ def add_through_plane_flags(parser):
                         help="slices made this many times finer (default: slice thickness / in-plane voxel size; "
                              f"{constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
     parser.add_argument("--through-plane-seconds", type=positive_float, default=constants.THROUGH_PLANE_SECONDS,
-                        help="time one volume may take; per-volume adaptation gets what inference leaves")
+                        help="time one volume may take (TensorFlow start-up, reading and writing come on top); "
+                             "per-volume adaptation gets what inference leaves")
     parser.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=True,
                         help="fine-tune the pretrained through-plane model on each volume's own fine planes")
     parser.add_argument("--adapt-learning-rate", type=positive_float, default=constants.ADAPT_LEARNING_RATE,
