@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import constants  # noqa: E402
 import through_plane  # noqa: E402
-from through_plane_check import psnr  # noqa: E402  (this folder is on the path when run as a script)
+from through_plane_check import psnr_against_spline  # noqa: E402  (this folder is on the path when run as a script)
 
 
 def gain(volume_entry, tree, model, settings):
@@ -34,12 +34,12 @@ def gain(volume_entry, tree, model, settings):
     image = nib.load(os.path.join(tree, volume_entry["thick"]))
     thick = image.get_fdata(dtype=np.float32)
     truth = nib.load(os.path.join(tree, volume_entry["reference"])).get_fdata(dtype=np.float64)
-    value_range = float(truth.max() - truth.min())
     axis, factor = volume_entry["axis"], volume_entry["factor"]
-    spline = np.clip(through_plane.cubic_spline(thick.astype(np.float64), axis, factor), thick.min(), thick.max())
     source = through_plane.ModelSource(model, "auto")
     output, note, _, _ = through_plane.super_resolve_through_plane(source, image, thick, axis, factor, settings)
-    return psnr(output.astype(np.float64), truth, value_range) - psnr(spline, truth, value_range), note
+    model_psnr, spline_psnr = psnr_against_spline(output.astype(np.float64), thick.astype(np.float64), truth,
+                                                  axis, factor)
+    return model_psnr - spline_psnr, note
 
 
 def main(argv=None):

@@ -42,14 +42,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def cpu_name():
     """The CPU model and whether it has native bfloat16 (what predict.py's precision 'auto' looks for)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return {"model": "unknown", "bf16": []}
-    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+    import modules
+    model = re.search(r"^model name\s*:\s*(.*)$", modules.cpuinfo_text(), re.M)
     return {"model": model.group(1) if model else "unknown", "cores": os.cpu_count(),
-            "bf16": sorted(set(re.findall(r"\b(amx_bf16|avx512_bf16)\b", text)))}
+            "bf16": sorted(flag for flag in modules.BF16_CPU_FLAGS if flag in modules.cpu_flags())}
 
 
 def psnr(estimate, reference, value_range):
@@ -106,9 +102,19 @@ def run_call(paths, flags, extra, out_dir, log_path):
     return seconds, done.returncode, notes, [load_before, os.getloadavg()], shlex.join(command)
 
 
+def psnr_against_spline(output, thick, truth, axis, factor):
+    """(PSNR of `output`, PSNR of cubic B-spline on `thick`) against the fine `truth`, range = its max - min.
+
+    The spline is clipped to the thick volume's [min, max] as predict.py clips its own output.
+    """
+    import through_plane
+    value_range = float(truth.max() - truth.min())
+    spline = np.clip(through_plane.cubic_spline(thick, axis, factor), thick.min(), thick.max())
+    return psnr(output, truth, value_range), psnr(spline, truth, value_range)
+
+
 def score(v, tree, out_path):
     """The volume's scores; raises ValueError when the output is missing or off the reference's grid."""
-    import through_plane
     reference = nib.load(os.path.join(tree, v["reference"]))
     if not os.path.isfile(out_path):
         raise ValueError(f"no output {out_path}")
@@ -116,13 +122,11 @@ def score(v, tree, out_path):
     if output.shape != reference.shape or not np.allclose(output.affine, reference.affine, atol=1e-4):
         raise ValueError(f"output shape {output.shape} / affine off the reference's {reference.shape}")
     truth = reference.get_fdata(dtype=np.float64)
-    value_range = float(truth.max() - truth.min())
     thick = nib.load(os.path.join(tree, v["thick"])).get_fdata(dtype=np.float64)
-    spline = np.clip(through_plane.cubic_spline(thick, v["axis"], v["factor"]), thick.min(), thick.max())
-    model_psnr, spline_psnr = psnr(output.get_fdata(dtype=np.float64), truth, value_range), psnr(spline, truth,
-                                                                                               value_range)
+    model_psnr, spline_psnr = psnr_against_spline(output.get_fdata(dtype=np.float64), thick, truth, v["axis"],
+                                                  v["factor"])
     return {"model_psnr": round(model_psnr, 4), "spline_psnr": round(spline_psnr, 4),
-            "gain_db": round(model_psnr - spline_psnr, 4), "range": value_range}
+            "gain_db": round(model_psnr - spline_psnr, 4), "range": float(truth.max() - truth.min())}
 
 
 def check_head(name, volumes, args, extra):
