@@ -151,6 +151,12 @@ PRETRAINED_THROUGH_PLANE = "pretrained/espcn_through_x{factor}.keras"
 # The factor a --compare --through-plane run makes thick slices with, when
 # --through-plane-factor is not given (4 mm slices from a 1 mm volume).
 THROUGH_PLANE_COMPARE_FACTOR = 4
+# The factors of the shipped through-plane models (pretrained/): a volume's
+# slice spacing / in-plane voxel, rounded into this range, is the factor the
+# network works at (slice_geometry.py); below THROUGH_PLANE_MIN_RATIO a volume
+# is nearly isotropic and refused unless --through-plane-factor is given.
+THROUGH_PLANE_FACTORS = (2, 6)
+THROUGH_PLANE_MIN_RATIO = 1.4
 # Seconds one volume may take (adaptation and inference): issue 21 asks for two
 # volumes of a head within 180 s on 2 cores, TensorFlow's start-up, reading and
 # writing included; adaptation gets what is left after the measured cost of
@@ -180,11 +186,21 @@ ADAPT_VALIDATION_CROPS = 32
 ADAPT_CHECK_STEPS = 50
 ADAPT_PATIENCE = 4
 ADAPT_MIN_GAIN = 0.0
-# At most this many adaptation steps (predict.py --adapt-max-steps): a bound
-# that does not depend on the machine's speed, for runs that must repeat.
-ADAPT_MAX_STEPS = 5000
-# Slice profile of the thick slices: "box" (mean of the fine slices it covers,
-# no gap) or "gaussian" (FWHM = the slice thickness).
+# Adaptation takes ADAPT_STEPS steps (predict.py --adapt-steps) on volumes
+# whose working output has up to ADAPT_FULL_VOXELS voxels, proportionally
+# fewer on larger ones (whose inference takes longer), at least
+# ADAPT_MIN_STEPS: a number from the volume, never from the clock, so the same
+# input gives the same voxels on any machine at any load; the time budget
+# above is only a cap, with a warning when it cuts adaptation short.  Every
+# random draw of adaptation comes from ADAPT_SEED.
+ADAPT_STEPS = 600
+ADAPT_FULL_VOXELS = 16_000_000
+ADAPT_MIN_STEPS = 200
+ADAPT_SEED = 0
+# Slice profile of the thick slices (slice_profiles.py): "box" (an ideal slab
+# of the slice thickness) or "gaussian" (FWHM = the slice thickness).  The
+# thickness is read from the DICOM header or a BIDS sidecar (--slice-thickness
+# overrides; else the slice spacing).
 SLICE_PROFILE = "box"
 # Flips averaged at inference (self-ensemble): 1 = none, 2 = also the fine
 # axis reversed, 4 = also the slice axis reversed; each costs one more pass.

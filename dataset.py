@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 import constants
+import slice_profiles
 from tensorflow_env import tf
 
 
@@ -220,15 +221,33 @@ def make_pair(target, factor=constants.UPSCALE_FACTOR):
     return downsample(target, factor), target
 
 
-def make_thick_pair(target, factor):
-    """(thick, fine) for through-plane training: each `factor` consecutive rows of (N, H, W, C) averaged.
+def make_gapped_thick_pair(target, factor, thickness_ratios, seed):
+    """make_thick_pair with the slice thickness / spacing drawn per batch from `thickness_ratios` (with `seed`).
 
-    A thick slice with no gap is the mean of the fine slices it covers; the
-    rows are first cut to a multiple of `factor`, so the fine target is cut too.
+    Clinical 2D scans leave gaps (5 mm slices 6 mm apart); a model that has
+    seen thick rows of several thicknesses starts per-volume adaptation
+    nearer the one it meets.
     """
-    rows = tf.shape(target)[-3] // factor * factor
-    target = target[:, :rows]
-    return tf.nn.avg_pool2d(target, ksize=(factor, 1), strides=(factor, 1), padding="VALID"), target
+    n_thick = target.shape[-3] // factor
+    target = target[:, :n_thick * factor]
+    stack = tf.constant(np.stack([slice_profiles.regular_weights(n_thick, factor, ratio)
+                                  for ratio in thickness_ratios]).astype(np.float32))
+    pick = tf.random.stateless_uniform([], seed, 0, len(thickness_ratios), dtype=tf.int32)
+    return tf.einsum("tr,nrwc->ntwc", stack[pick], target), target
+
+
+def make_thick_pair(target, factor, thickness_ratio=1.0):
+    """(thick, fine) for through-plane training: thick rows every `factor` rows of (N, H, W, C) fine ones.
+
+    The project's one thick-slice operator (slice_profiles.regular_weights):
+    a box `thickness_ratio` x `factor` rows thick (1: no gap, the mean of the
+    `factor` rows it covers).  The rows are first cut to a multiple of
+    `factor`, so the fine target is cut too; their number must be static.
+    """
+    n_thick = target.shape[-3] // factor
+    target = target[:, :n_thick * factor]
+    weights = tf.constant(slice_profiles.regular_weights(n_thick, factor, thickness_ratio).astype(np.float32))
+    return tf.einsum("tr,nrwc->ntwc", weights, target), target
 
 
 def to_unit_float(images):
@@ -326,11 +345,13 @@ def without_autotune(data, parallel=constants.PIPELINE_PARALLEL_BATCHES):
 def make_training_dataset(images, batch_size, *, factor=constants.UPSCALE_FACTOR, patch=constants.PATCH_SIZE,
                           patches_per_image=constants.PATCHES_PER_IMAGE, augment=constants.AUGMENT,
                           seed=constants.SEED, epochs=1, first_epoch=0,
-                          parallel=constants.PIPELINE_PARALLEL_BATCHES, thick_slices=False):
+                          parallel=constants.PIPELINE_PARALLEL_BATCHES, thick_slices=False, thickness_ratios=(1.0,)):
     """Shuffled, augmented (input, target) batches from uint8 slices, `epochs` epochs in a row.
 
     With thick_slices, inputs are made by make_thick_pair (rows only) for the
-    through-plane model instead of area downsampling in both directions.
+    through-plane model instead of area downsampling in both directions, each
+    batch's slices as thick as one of `thickness_ratios` x their spacing
+    (make_gapped_thick_pair; (1.0,): no gap).
 
     An epoch is len(images) x patches_per_image crops (1 per slice with whole
     slices) in full batches, the remainder dropped; epoch e is shuffled and
@@ -360,7 +381,13 @@ def make_training_dataset(images, batch_size, *, factor=constants.UPSCALE_FACTOR
         targets = to_unit_float(slices)
         if augment:
             targets = augment_target(targets, seeds[1])
-        low_res, targets = (make_thick_pair if thick_slices else make_pair)(targets, factor)
+        if not thick_slices:
+            low_res, targets = make_pair(targets, factor)
+        elif tuple(thickness_ratios) == (1.0,):
+            low_res, targets = make_thick_pair(targets, factor)
+        else:
+            low_res, targets = make_gapped_thick_pair(targets, factor, thickness_ratios,
+                                                      tf.random.experimental.stateless_fold_in(batch_seed, 7))
         return (quantize_input(low_res) if augment else low_res), targets
 
     data = tf.data.Dataset.range(first_epoch, first_epoch + epochs).flat_map(batches_of_epoch)

@@ -112,6 +112,7 @@ class Frame:
     orientation: np.ndarray = None  # ImageOrientationPatient: row direction, then column direction
     spacing: np.ndarray = None  # PixelSpacing: (between rows, between columns) mm
     thickness: float = None  # SpacingBetweenSlices or SliceThickness: a lone slice's spacing
+    slice_thickness: float = None  # SliceThickness alone: the excited slab, thinner than the spacing with a gap
     rescale: tuple = (1.0, 0.0)  # (RescaleSlope, RescaleIntercept)
 
 
@@ -230,6 +231,7 @@ def frames_of(path, header):
     for i in range(count):
         thickness = value(i, "PixelMeasuresSequence", "SpacingBetweenSlices") or \
             value(i, "PixelMeasuresSequence", "SliceThickness")
+        slab = value(i, "PixelMeasuresSequence", "SliceThickness")
         slope = value(i, "PixelValueTransformationSequence", "RescaleSlope")
         inter = value(i, "PixelValueTransformationSequence", "RescaleIntercept")
         frames.append(Frame(
@@ -237,8 +239,24 @@ def frames_of(path, header):
             numbers(i, "PlanePositionSequence", "ImagePositionPatient", 3),
             numbers(i, "PlaneOrientationSequence", "ImageOrientationPatient", 6),
             numbers(i, "PixelMeasuresSequence", "PixelSpacing", 2), float(thickness) if thickness else None,
+            positive_number(slab),
             (float(slope) if slope not in (None, "", 0) else 1.0, float(inter) if inter not in (None, "") else 0.0)))
     return frames
+
+
+def positive_number(value):
+    """A DICOM decimal string as a positive float, or None (absent, empty, zero or not a number)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
+
+
+def slice_thickness(series):
+    """The series' SliceThickness in mm when every frame states the same one, else None."""
+    found = {frame.slice_thickness for frame in series.frames}
+    return found.pop() if len(found) == 1 and None not in found else None
 
 
 def normal_of(orientation):

@@ -38,6 +38,7 @@ import evaluation
 import image_files
 import inference
 import modules
+import slice_geometry
 import through_plane
 import volumes
 from atomic_files import write_atomically
@@ -99,8 +100,17 @@ def add_through_plane_flags(parser):
     parser.add_argument("--through-plane", action="store_true",
                         help="NIfTI: refine thick slices into fine ones (between the slices) instead of in-plane")
     parser.add_argument("--through-plane-factor", type=upscale_factor, default=None,
-                        help="slices made this many times finer (default: slice thickness / in-plane voxel size; "
-                             f"{constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
+                        help="the model's factor: it refines slices this many times on an in-plane grid of "
+                             "spacing / factor mm (default: slice spacing / in-plane voxel size, rounded into "
+                             f"{constants.THROUGH_PLANE_FACTORS[0]}..{constants.THROUGH_PLANE_FACTORS[1]}, the "
+                             f"shipped models; {constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
+    parser.add_argument("--slice-thickness", type=positive_float, default=None, metavar="MM",
+                        help="the slices' thickness (default: the DICOM header's SliceThickness, or SliceThickness "
+                             "of the BIDS sidecar <stem>.json beside a NIfTI, else the slice spacing)")
+    parser.add_argument("--target-spacing", type=positive_float, default=None, metavar="MM",
+                        help="the output's slice spacing (default: slice spacing / the model's factor, the "
+                             "network's own grid); the output keeps the input's extent, so the spacing is "
+                             "rounded to a whole number of slices")
     parser.add_argument("--through-plane-seconds", type=positive_float, default=constants.THROUGH_PLANE_SECONDS,
                         help="time one volume may take (TensorFlow start-up, reading and writing come on top); "
                              "per-volume adaptation gets what inference leaves")
@@ -109,11 +119,14 @@ def add_through_plane_flags(parser):
     parser.add_argument("--adapt-learning-rate", type=positive_float, default=constants.ADAPT_LEARNING_RATE,
                         help="Adam's rate for per-volume adaptation from a pretrained model (cosine-decayed over the "
                              "time left)")
-    parser.add_argument("--adapt-max-steps", type=positive_int, default=constants.ADAPT_MAX_STEPS,
-                        help="at most this many adaptation steps a volume (it also stops when the volume's own "
-                             "validation crops stop improving, or at the time left)")
+    parser.add_argument("--adapt-steps", "--adapt-max-steps", type=positive_int, default=constants.ADAPT_STEPS,
+                        help="adaptation steps for a volume of up to "
+                             f"{constants.ADAPT_FULL_VOXELS // 1_000_000}M working voxels, proportionally fewer "
+                             "for larger ones (it stops earlier when the volume's own validation crops stop "
+                             "improving; the time budget only caps it, with a warning)")
     parser.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
-                        help="how a thick slice was made from fine ones: box (mean, no gap) or gaussian")
+                        help="the slices' profile across their thickness: box (an ideal slab) or gaussian "
+                             "(FWHM = the thickness)")
 
 
 # --- Model -------------------------------------------------------------------
@@ -295,20 +308,42 @@ def refine_through_plane(source, item, args, guard):
         notes = []
         image, data = read_volume(item, notes)
         through_plane.check_volume_shape(data.shape)
-        axis, factor = through_plane.slice_axis_and_factor(image.header.get_zooms(), args.axis,
-                                                           args.through_plane_factor)
-        outputs = claim_outputs(item, f"through_x{factor}", args, guard)
-        out, note, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, axis, factor,
-                                                                            settings, progress)
-    write_volume(item, image, out, [factor if k == axis else 1 for k in range(3)], outputs, f"through_x{factor}")
+        geometry = slice_geometry_of(item, image, data, args)
+        tag = through_plane_tag(geometry)
+        outputs = claim_outputs(item, tag, args, guard)
+        out, prepared, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, geometry,
+                                                                                settings, progress)
+    write_volume(item, image, out, geometry.output_factors(), outputs, tag)
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
-    return Result(", ".join(outputs.values()), note, inference.join_warnings(*notes, non_finite))
+    return Result(", ".join(outputs.values()), f"{geometry.describe()}; {prepared.note}",
+                  inference.join_warnings(*notes, prepared.warning, non_finite))
+
+
+def slice_geometry_of(item, image, data, args):
+    """The slice geometry of a volume: thickness from --slice-thickness, the DICOM header or a BIDS sidecar."""
+    thickness, source, sidecar = args.slice_thickness, "--slice-thickness", None
+    if thickness is None and isinstance(item, dicom_series.Series):
+        thickness, source = dicom_series.slice_thickness(item), "DICOM SliceThickness"
+    elif thickness is None:
+        sidecar = slice_geometry.sidecar_path(item)
+    return slice_geometry.read_geometry(image.header.get_zooms(), data.shape, axis=args.axis,
+                                        factor=args.through_plane_factor, thickness=thickness,
+                                        thickness_source=source if thickness is not None else None,
+                                        sidecar=sidecar, target=args.target_spacing)
+
+
+def through_plane_tag(geometry):
+    """through_x<F> when the output is the network's own grid, else through_<spacing>mm."""
+    if geometry.output_slices() == geometry.shape[geometry.axis] * geometry.factor:
+        return f"through_x{geometry.factor}"
+    return f"through_{geometry.output_spacing():.3g}mm"
 
 
 def through_plane_settings(args):
     return through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile,
                                   args.ensemble or constants.THROUGH_PLANE_FLIPS, edges=args.edges,
-                                  max_steps=args.adapt_max_steps, learning_rate=args.adapt_learning_rate)
+                                  steps=args.adapt_steps, learning_rate=args.adapt_learning_rate,
+                                  batch_size=args.batch_size)
 
 
 def ensemble_for(kind, args):

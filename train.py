@@ -88,6 +88,9 @@ def parse_args(argv=None):
                              "slower to train and to use")
     parser.add_argument("--through-plane-factor", type=upscale_factor, default=None,
                         help="train the through-plane (1-D) model: thick slices of this many fine rows -> fine rows")
+    parser.add_argument("--thickness-ratios", type=positive_float, nargs="+", default=[1.0], metavar="R",
+                        help="through-plane: each batch's thick slices are R x their spacing thick, R drawn from "
+                             "these (below 1: a gap between slices, as in clinical 2D scans)")
     parser.add_argument("--init-model", default=None, metavar="PATH",
                         help="start from this .keras model's weights (fine-tuning; same kind, factor and filters)")
     parser.add_argument("--patch-size", type=non_negative_int, default=constants.PATCH_SIZE,
@@ -178,6 +181,7 @@ def run_settings(args, policy, jit, replicas, split):
         "extra training files": backups.files_fingerprint(extra) if extra else None,
         "--seed": args.seed, "--upscale-factor": args.upscale_factor, "--target-size": args.target_size,
         "--through-plane-factor": args.through_plane_factor, "--filters": list(args.filters),
+        "--thickness-ratios": list(args.thickness_ratios) if args.thickness_ratios != [1.0] else None,
         "--init-model": backups.files_fingerprint([args.init_model]) if args.init_model else None,
         "--patch-size": args.patch_size, "--patches-per-image": args.patches_per_image,
         "--augment": args.augment, "--batch-size": args.batch_size, "replicas": replicas,
@@ -368,7 +372,8 @@ def training_batches(args, run, images, plan, first_epoch):
     data = dataset.make_training_dataset(
         images, plan.global_batch, factor=args.upscale_factor, patch=plan.patch,
         patches_per_image=args.patches_per_image, augment=args.augment, seed=args.seed, epochs=max(0, args.epochs - first_epoch), first_epoch=first_epoch,
-        parallel=args.pipeline_batches, thick_slices=bool(args.through_plane_factor))
+        parallel=args.pipeline_batches, thick_slices=bool(args.through_plane_factor),
+        thickness_ratios=tuple(args.thickness_ratios))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return iter(run.strategy.experimental_distribute_dataset(data.with_options(options)))

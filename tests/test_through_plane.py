@@ -11,6 +11,8 @@ from PIL import Image
 import dataset
 import modules
 import predict
+import slice_geometry
+import slice_profiles
 import through_plane
 from conftest import run_script
 
@@ -42,7 +44,7 @@ def template_crop():
 def write_pair(folder, fine, axis, fine_affine, sform=None, name="thick", dtype=np.float32):
     """Writes the thick volume (FACTOR slices averaged along `axis`) with qform = the fine affine's, and
     sform = `sform` (another fine-grid affine) if given; returns its path."""
-    thick, _ = through_plane.make_thick(fine.astype(np.float32), axis, FACTOR)
+    thick, _ = slice_profiles.make_thick(fine.astype(np.float32), axis, FACTOR)
     image = nib.Nifti1Image(thick.astype(dtype), thick_affine(fine_affine, axis, FACTOR))
     image.set_qform(thick_affine(fine_affine, axis, FACTOR), code=1)
     image.set_sform(thick_affine(fine_affine if sform is None else sform, axis, FACTOR), code=2)
@@ -70,7 +72,7 @@ def test_output_lies_on_the_fine_grid_and_beats_cubic_spline(tmp_path, template_
     assert int(result.header["qform_code"]) == 1 and int(result.header["sform_code"]) == 2
     assert np.allclose(result.header.get_zooms(), [1.0, 1.0, 1.0], atol=1e-5)
     thick = nib.load(path).get_fdata()
-    spline = through_plane.cubic_spline(thick, axis, FACTOR)
+    spline = through_plane.cubic_spline(thick, axis, thick.shape[axis] * FACTOR)
     model_psnr, spline_psnr = psnr(result.get_fdata(), template_crop), psnr(spline, template_crop)
     assert model_psnr > spline_psnr + 1.0, (model_psnr, spline_psnr)
 
@@ -84,7 +86,7 @@ def test_per_volume_adaptation_adapts_and_is_not_worse_than_the_pretrained_model
     for flag in ("--adapt", "--no-adapt"):
         # a step count, not a time, bounds it: the same adaptation on any machine, however loaded
         code = predict.main(["--input", path, "--through-plane", flag, "--through-plane-seconds", "600",
-                             "--adapt-max-steps", "300", "--output-dir", str(tmp_path / flag)])
+                             "--adapt-steps", "300", "--output-dir", str(tmp_path / flag)])
         assert code == 0
         result = nib.load(str(tmp_path / flag / f"thick_through_x{FACTOR}.nii.gz"))
         assert result.get_data_dtype() == np.int16 and result.shape == template_crop.shape
@@ -187,23 +189,27 @@ def test_consistency_gives_back_the_thick_slices_exactly(profile):
     rng = np.random.default_rng(4)
     thick = rng.random((6, 5, 7)).astype(np.float32)
     guess = rng.random((6, 5, 21)).astype(np.float32)
-    consistent = through_plane.make_consistent(guess, thick, 2, 3, profile)
-    weights = through_plane.thick_slice_weights(7, 3, profile)
-    assert np.allclose(through_plane.along_axis(weights, consistent, 2), thick, atol=1e-5)
+    weights = slice_profiles.regular_weights(7, 3, 0.8, profile)  # with a gap
+    consistent = through_plane.make_consistent(guess, thick, 2, weights)
+    assert np.allclose(slice_profiles.along_axis(weights, consistent, 2), thick, atol=1e-5)
 
 
 def test_cubic_spline_passes_through_the_thick_slices_on_the_fine_grid():
     """With F = 3, fine voxel 3j + 1 is centred at thick coordinate (3j + 1.5) / 3 - 0.5 = j exactly."""
     thick = np.random.default_rng(5).random((3, 4, 6)).astype(np.float32)
-    fine = through_plane.cubic_spline(thick, 2, 3)
+    fine = through_plane.cubic_spline(thick, 2, 18)
     assert fine.shape == (3, 4, 18) and np.allclose(fine[..., 1::3], thick, atol=1e-4)
 
 
 def test_slice_axis_and_factor_from_voxel_sizes():
-    assert through_plane.slice_axis_and_factor([0.9, 5.0, 0.9]) == (1, 6)
-    assert through_plane.slice_axis_and_factor([1.0, 1.0, 1.0], factor=4) == (2, 4)
+    geometry = slice_geometry.read_geometry([0.9, 5.0, 0.9], (10, 10, 10))
+    assert (geometry.axis, geometry.factor) == (1, 6)
+    geometry = slice_geometry.read_geometry([0.44, 6.0, 0.44], (10, 10, 10))  # 13.6: the largest shipped factor
+    assert (geometry.axis, geometry.factor, geometry.working_pixel) == (1, 6, 1.0)
+    geometry = slice_geometry.read_geometry([1.0, 1.0, 1.0], (10, 10, 10), factor=4)
+    assert (geometry.axis, geometry.factor) == (2, 4)
     with pytest.raises(ValueError, match="nearly isotropic"):
-        through_plane.slice_axis_and_factor([1.0, 1.0, 1.3])
+        slice_geometry.read_geometry([1.0, 1.0, 1.3], (10, 10, 10))
 
 
 def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):

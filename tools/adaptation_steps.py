@@ -25,6 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import constants  # noqa: E402
+import slice_geometry  # noqa: E402
 import through_plane  # noqa: E402
 from through_plane_check import psnr_against_spline  # noqa: E402  (this folder is on the path when run as a script)
 
@@ -36,7 +37,9 @@ def gain(volume_entry, tree, model, settings):
     truth = nib.load(os.path.join(tree, volume_entry["reference"])).get_fdata(dtype=np.float64)
     axis, factor = volume_entry["axis"], volume_entry["factor"]
     source = through_plane.ModelSource(model, "auto")
-    output, note, _, _ = through_plane.super_resolve_through_plane(source, image, thick, axis, factor, settings)
+    geometry = slice_geometry.read_geometry(image.header.get_zooms(), thick.shape, axis=axis, factor=factor)
+    output, prepared, _, _ = through_plane.super_resolve_through_plane(source, image, thick, geometry, settings)
+    note = prepared.note
     model_psnr, spline_psnr = psnr_against_spline(output.astype(np.float64), thick.astype(np.float64), truth,
                                                   axis, factor)
     return model_psnr - spline_psnr, note
@@ -64,7 +67,7 @@ def main(argv=None):
     for head in args.heads:
         for entry in (v for v in thick[head] if v["factor"] in args.factors):
             for steps in args.steps:
-                settings = through_plane.Settings(adapt=steps > 0, seconds=float("inf"), max_steps=max(steps, 1),
+                settings = through_plane.Settings(adapt=steps > 0, seconds=float("inf"), steps=max(steps, 1),
                                                   learning_rate=args.learning_rate, patience=float("inf"))
                 began = time.monotonic()
                 db, note = gain(entry, args.tree, args.model, settings)

@@ -46,6 +46,7 @@ sys.path.insert(0, ROOT)
 import constants  # noqa: E402
 import dataset  # noqa: E402
 import inference  # noqa: E402
+import measures  # noqa: E402
 import synthetic_heads  # noqa: E402
 
 FACTOR = 4
@@ -142,8 +143,7 @@ def area_downsample(image):
 
 
 def psnr_8bit(output, original):
-    mse = np.mean((output.astype(np.float64) - original.astype(np.float64)) ** 2)
-    return min(10.0 * np.log10(255.0 ** 2 / mse), constants.PSNR_CAP_DB) if mse > 0 else constants.PSNR_CAP_DB
+    return measures.psnr(output, original, 255.0)
 
 
 def bicubic_8bit(low_res):

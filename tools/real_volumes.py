@@ -38,6 +38,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import dicom_series  # noqa: E402
+import slice_profiles  # noqa: E402
 MNE_T1 = "ecog/sample_ecog/mri/T1.mgz"
 POINTER_PREFIXES = (b"version https://git-lfs", b"../", b"/annex/", b".git/annex")
 
@@ -102,10 +103,8 @@ def dicom_volume(blobs):
 def thick_pair(image, axis, factor):
     """(thick image, reference image): `factor` fine slices averaged along `axis`, no gap (a box profile)."""
     data = np.asanyarray(image.dataobj)
-    n_thick = data.shape[axis] // factor
-    fine = np.take(data, np.arange(n_thick * factor), axis=axis)
-    moved = np.moveaxis(fine.astype(np.float64), axis, 0)
-    thick = np.moveaxis(moved.reshape(n_thick, factor, *moved.shape[1:]).mean(axis=1), 0, axis)
+    thick, fine = slice_profiles.make_thick(data.astype(np.float64), axis, factor, profile="box")
+    fine = fine.astype(data.dtype)
     scale = np.eye(4)
     scale[axis, axis], scale[axis, 3] = factor, (factor - 1) / 2.0
     return as_nifti(thick, image.affine @ scale, np.float32), as_nifti(fine, image.affine, fine.dtype)

@@ -23,7 +23,7 @@ folder train.py --output-dir output/through_x<F> writes).
 Extra predict.py flags go after `--` or in --predict-args="..." (with "=" so argparse takes a leading dash):
   python tools/through_plane_check.py --heads ds002748_sub-10 mne_sample_ecog_T1 -- --no-adapt
   python tools/through_plane_check.py --predict-args="--through-plane-seconds 60"
-Not a test: with adaptation on, each volume takes up to --through-plane-seconds (75 s by default).
+Not a test: with adaptation on, each volume takes up to --through-plane-seconds (65 s by default).
 """
 import argparse
 import json
@@ -48,11 +48,6 @@ def cpu_name():
             "bf16": sorted(flag for flag in modules.BF16_CPU_FLAGS if flag in modules.cpu_flags())}
 
 
-def psnr(estimate, reference, value_range):
-    mse = float(np.mean((np.asarray(estimate, np.float64) - reference) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(value_range ** 2 / mse)
-
-
 def model_for(model_dir, factor):
     for path in (os.path.join(model_dir, f"espcn_through_x{factor}.keras"),
                  os.path.join(model_dir, f"through_x{factor}", "espcn.keras")):
@@ -63,12 +58,13 @@ def model_for(model_dir, factor):
 
 def plan_calls(volumes, tree, model_dir):
     """[(flags, [volume entries])]: the predict.py calls one head needs (see the module docstring)."""
-    import through_plane
+    import slice_geometry
     calls = {}
     for v in volumes:
-        zooms = nib.load(os.path.join(tree, v["thick"])).header.get_zooms()
+        image = nib.load(os.path.join(tree, v["thick"]))
         try:
-            inferred = through_plane.slice_axis_and_factor(zooms)
+            geometry = slice_geometry.read_geometry(image.header.get_zooms(), image.shape)
+            inferred = geometry.axis, geometry.factor
         except ValueError:
             inferred = None
         v["inferred_axis_factor"] = list(inferred) if inferred else None
@@ -107,10 +103,11 @@ def psnr_against_spline(output, thick, truth, axis, factor):
 
     The spline is clipped to the thick volume's [min, max] as predict.py clips its own output.
     """
+    import measures
     import through_plane
     value_range = float(truth.max() - truth.min())
-    spline = np.clip(through_plane.cubic_spline(thick, axis, factor), thick.min(), thick.max())
-    return psnr(output, truth, value_range), psnr(spline, truth, value_range)
+    spline = np.clip(through_plane.cubic_spline(thick, axis, thick.shape[axis] * factor), thick.min(), thick.max())
+    return measures.psnr(output, truth, value_range), measures.psnr(spline, truth, value_range)
 
 
 def score(v, tree, out_path):
