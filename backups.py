@@ -13,8 +13,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
+from atomic_files import write_folder_atomically
 from tensorflow_env import tf
 
 CHECKPOINT_PREFIX = "ckpt"
@@ -110,37 +110,18 @@ def differing_settings(stored, current):
 def write_backup(state, settings, backup_dir):
     """Writes the state and settings as backup_dir/epoch-NNNNNN, then deletes every older backup."""
     os.makedirs(backup_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".partial-", dir=backup_dir)
-    try:
-        state.checkpoint.write(os.path.join(tmp, CHECKPOINT_PREFIX))
-        with open(os.path.join(tmp, SETTINGS_FILE), "w") as f:
+    final = os.path.join(backup_dir, f"{EPOCH_PREFIX}{state.epochs_done:06d}")
+
+    def write(folder):
+        state.checkpoint.write(os.path.join(folder, CHECKPOINT_PREFIX))
+        with open(os.path.join(folder, SETTINGS_FILE), "w") as f:
             json.dump(settings, f, indent=1, sort_keys=True)
-        flush_to_disk(tmp)
-        final = os.path.join(backup_dir, f"{EPOCH_PREFIX}{state.epochs_done:06d}")
-        shutil.rmtree(final, ignore_errors=True)  # only after a crash: an identical backup of this epoch
-        os.rename(tmp, final)
-        flush_to_disk(backup_dir, files=False)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    # replace: an identical backup of this epoch exists only after a crash
+    write_folder_atomically(final, write, replace=True, durable=True)
     for name in os.listdir(backup_dir):
         if os.path.join(backup_dir, name) != final:
             shutil.rmtree(os.path.join(backup_dir, name), ignore_errors=True)
-
-
-def flush_to_disk(folder, files=True):
-    """fsync of the files directly in `folder`, then of the folder itself, so a rename after it is durable."""
-    paths = [os.path.join(folder, name) for name in os.listdir(folder)] if files else []
-    for path in paths + [folder]:
-        try:
-            handle = os.open(path, os.O_RDONLY)
-        except OSError:  # e.g. folders cannot be opened on Windows; nothing more can be done there
-            continue
-        try:
-            os.fsync(handle)
-        except OSError:
-            pass
-        finally:
-            os.close(handle)
 
 
 def discard(backup_dir):

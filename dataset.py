@@ -14,9 +14,7 @@ are skipped with one warning each.
 """
 import os
 import random
-import shutil
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 import constants
 import slice_profiles
+from atomic_files import write_folder_atomically
 from tensorflow_env import tf
 
 
@@ -480,38 +479,17 @@ def build_sample_dataset(data_dir, replace=False):
     first and deleted after.
     """
     counts = {"train": 0, "validation": 0, "test": 0}
-    parent = os.path.dirname(os.path.abspath(data_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".partial-sample-", dir=parent)
-    old_dir = tempfile.mkdtemp(prefix=".old-sample-", dir=parent) if replace else None
-    try:
+
+    def write(folder):
         for split, orientation, key, image in sample_slices(template_volume()):
-            folder = os.path.join(tmp_dir, split, orientation)
-            os.makedirs(folder, exist_ok=True)
-            Image.fromarray(image).save(os.path.join(folder, f"mni152_{orientation}_{key}.png"))
+            os.makedirs(os.path.join(folder, split, orientation), exist_ok=True)
+            Image.fromarray(image).save(os.path.join(folder, split, orientation, f"mni152_{orientation}_{key}.png"))
             counts[split] += 1
-        with open(os.path.join(tmp_dir, SAMPLE_MARKER), "w") as marker:
+        with open(os.path.join(folder, SAMPLE_MARKER), "w") as marker:
             marker.write(f"{SAMPLE_VERSION}\n")
-        if replace:
-            move_aside(data_dir, old_dir)
-        try:
-            os.rename(tmp_dir, data_dir)
-        except OSError:
-            if not os.path.isdir(data_dir):  # another process won the race otherwise
-                raise
-    finally:
-        for folder in (tmp_dir, old_dir):
-            if folder:
-                shutil.rmtree(folder, ignore_errors=True)
+
+    write_folder_atomically(data_dir, write, replace=replace)
     return counts
-
-
-def move_aside(data_dir, empty_dir):
-    """Renames data_dir onto the empty folder empty_dir (POSIX replaces an empty folder), unless it is gone."""
-    try:
-        os.rename(data_dir, empty_dir)
-    except FileNotFoundError:
-        pass  # another process moved it first
 
 
 def sample_version(data_dir):

@@ -39,10 +39,9 @@ never by patient data; the patient and study attributes go into a written
 series exactly as they came.
 """
 import copy
+import datetime
 import os
-import shutil
 import struct
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 
@@ -52,9 +51,11 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
-from atomic_files import current_umask
+import constants
+from atomic_files import write_folder_atomically
 
 UNIFORM_TOLERANCE = 0.01  # relative spread of slice gaps still called even (the issue's 1 %)
+UNIFORM_FLOOR_MM = 0.02  # ... or absolute: positions written to 2 decimals are 0.01 mm off, 2 % of 0.5 mm slices
 MAX_TILT_DEGREES = 0.1  # slice stack vs. slice normal: more is a sheared (tilted) stack
 SAME_POSITION_MM = 1e-3  # slices closer than this along the normal are at one position
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM's LPS patient axes to NIfTI's RAS
@@ -80,14 +81,47 @@ KEPT_ATTRIBUTES = (  # copied from the input into a written series, untouched
     # Study: it sorts under the same study
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
     "StudyDescription",
-    # Frame of reference and equipment: its positions mean the same places as the input's
+    # Frame of reference: its positions mean the same places as the input's
     "Modality", "FrameOfReferenceUID", "PositionReferenceIndicator", "BodyPartExamined", "PatientPosition",
-    "Manufacturer", "ManufacturerModelName", "InstitutionName", "StationName",
-    # Acquisition: how the contrast was made (MR and CT image modules ask for them)
-    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "SequenceName", "RepetitionTime",
-    "EchoTime", "InversionTime", "EchoTrainLength", "FlipAngle", "MagneticFieldStrength", "ImagingFrequency",
-    "ImagedNucleus", "KVP",
+    "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime",
+    # Contrast/bolus: a post-contrast series stays marked as one
+    "ContrastBolusAgent", "ContrastBolusAgentSequence", "ContrastBolusRoute", "ContrastBolusAdministrationRouteSequence",
+    "ContrastBolusVolume", "ContrastBolusStartTime", "ContrastBolusStopTime", "ContrastBolusTotalDose",
+    "ContrastFlowRate", "ContrastFlowDuration", "ContrastBolusIngredient", "ContrastBolusIngredientConcentration",
+    # MR image and acquisition: how the contrast was made
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "SequenceName", "AngioFlag",
+    "RepetitionTime", "EchoTime", "InversionTime", "NumberOfAverages", "ImagingFrequency", "ImagedNucleus",
+    "EchoNumbers", "MagneticFieldStrength", "NumberOfPhaseEncodingSteps", "EchoTrainLength", "PercentSampling",
+    "PercentPhaseFieldOfView", "PixelBandwidth", "ReceiveCoilName", "TransmitCoilName", "AcquisitionMatrix",
+    "InPlanePhaseEncodingDirection", "FlipAngle", "VariableFlipAngleFlag", "SAR", "dBdt", "TriggerTime",
+    "AcquisitionContrast", "PulseSequenceName", "KVP",
 )
+# An enhanced MR file keeps acquisition attributes in functional groups; a derived (classic) series states them
+# at the top level: (functional group macro, attribute in it, the classic attribute).
+ENHANCED_ACQUISITION = (
+    ("MRTimingAndRelatedParametersSequence", "RepetitionTime", "RepetitionTime"),
+    ("MRTimingAndRelatedParametersSequence", "FlipAngle", "FlipAngle"),
+    ("MRTimingAndRelatedParametersSequence", "EchoTrainLength", "EchoTrainLength"),
+    ("MREchoSequence", "EffectiveEchoTime", "EchoTime"),
+    ("MRModifierSequence", "InversionTimes", "InversionTime"),
+    ("MRAveragesSequence", "NumberOfAverages", "NumberOfAverages"),
+    ("MRReceiveCoilSequence", "ReceiveCoilName", "ReceiveCoilName"),
+    ("MRTransmitCoilSequence", "TransmitCoilName", "TransmitCoilName"),
+    ("MRFOVGeometrySequence", "InPlanePhaseEncodingDirection", "InPlanePhaseEncodingDirection"),
+    ("MRFOVGeometrySequence", "PercentSampling", "PercentSampling"),
+    ("MRFOVGeometrySequence", "PercentPhaseFieldOfView", "PercentPhaseFieldOfView"),
+    ("MRImagingModifierSequence", "PixelBandwidth", "PixelBandwidth"),
+)
+MR_CLASSES = {MR_IMAGE, pydicom.uid.EnhancedMRImageStorage}
+
+
+@dataclass
+class Derivation:
+    """What a written series says about how it was made."""
+    description: str  # DerivationDescription, e.g. "ESPCN x4 in-plane super-resolution"
+    model: str = ""  # the model file's name, in SoftwareVersions
+    slice_thickness: float = None  # SliceThickness in mm; None: the slice spacing
+    uid_root: str = None  # an organisation's UID root for the new UIDs (pydicom's own when None)
 
 
 class Skipped(ValueError):
@@ -410,7 +444,7 @@ def series_affine(series, frames):
         along = positions @ normal
         gaps, spacing = np.diff(along), (along[-1] - along[0]) / (len(frames) - 1)
         worst = int(np.argmax(np.abs(gaps - spacing)))
-        if abs(gaps[worst] - spacing) > UNIFORM_TOLERANCE * spacing:
+        if abs(gaps[worst] - spacing) > max(UNIFORM_TOLERANCE * spacing, UNIFORM_FLOOR_MM):
             raise fail(series, f"slice positions are not evenly spaced ({gaps.min():.4g} to {gaps.max():.4g} "
                                f"mm apart, e.g. after {os.path.basename(frames[worst].path)}): a missing slice?")
         stack = positions[-1] - positions[0]
@@ -442,14 +476,16 @@ def as_nifti(planes, affine, slope, inter):
 
 # --- Writing a volume as a series ------------------------------------------------
 
-def write_series(series, image, out_dir, description_suffix):
+def write_series(series, image, out_dir, description_suffix, derivation=None):
     """Writes `image` (a 3D volume on its own grid) as a new DICOM series, one file a slice, atomically.
 
     Args:
-        series: the input Series; its first file lends the patient, study and frame-of-reference attributes.
+        series: the input Series; its first file lends the patient, study, frame-of-reference, contrast and
+            acquisition attributes (KEPT_ATTRIBUTES, and ENHANCED_ACQUISITION from an enhanced file).
         image: a nibabel image of stored values with their scl_slope/scl_inter (as volumes.resampled_image).
         out_dir: the folder to create; an earlier output there (a folder of .dcm files only) is replaced.
         description_suffix: appended to the input's SeriesDescription, e.g. " ESPCN x4".
+        derivation: a Derivation (description, model, SliceThickness, UID root); None: the suffix says it all.
 
     Raises:
         ValueError: a grid that is not a rotation times voxel sizes, a volume that is not 3D, or an out_dir
@@ -457,20 +493,23 @@ def write_series(series, image, out_dir, description_suffix):
     """
     if len(image.shape) != 3:
         raise ValueError(f"a {len(image.shape)}D volume; a DICOM series holds one 3D volume")
+    derivation = derivation or Derivation(description_suffix.strip())
     directions, spacings, origin = grid_of(image)
     values, slope, inter = stored_pixels(image)
     check_replaceable(out_dir)
 
     def write(folder):
         template = pydicom.dcmread(series.files[0], stop_before_pixels=True, force=True)
-        shared = series_dataset(template, description_suffix, values.dtype, slope, inter)
+        shared = series_dataset(template, description_suffix, values.dtype, slope, inter, derivation)
+        shared.SourceImageSequence = source_images(series)
         shared.ImageOrientationPatient = ds_values(np.round(np.concatenate([directions[:, 0], directions[:, 1]]), 7))
         shared.PixelSpacing = ds_values([spacings[1], spacings[0]])  # (between rows, between columns)
-        shared.SliceThickness = shared.SpacingBetweenSlices = ds_values([spacings[2]])[0]
+        shared.SliceThickness = ds_values([derivation.slice_thickness or spacings[2]])[0]
+        shared.SpacingBetweenSlices = ds_values([spacings[2]])[0]
         shared.Rows, shared.Columns = values.shape[1], values.shape[0]
         for k in range(values.shape[2]):
             dataset = copy.deepcopy(shared)
-            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = new_uid(derivation)
             dataset.InstanceNumber = k + 1
             dataset.ImagePositionPatient = ds_values(origin + k * spacings[2] * directions[:, 2])
             plane = np.ascontiguousarray(values[:, :, k].T)  # array axis 1 is the DICOM row index
@@ -479,7 +518,51 @@ def write_series(series, image, out_dir, description_suffix):
 
     with warnings.catch_warnings():  # pydicom's warnings may quote the patient data it copies
         warnings.simplefilter("ignore")
-        write_folder_atomically(out_dir, write)
+        write_folder_atomically(out_dir, write, check=check_replaceable)
+
+
+def new_uid(derivation):
+    return generate_uid(prefix=derivation.uid_root) if derivation.uid_root else generate_uid()
+
+
+def check_uid_root(text):
+    """An organisation's UID root for --uid-root ("1.2.840.99999" or with its final dot); ValueError in words."""
+    root = text if text.endswith(".") else text + "."
+    parts = root[:-1].split(".")
+    if not all(part.isdigit() and (part == "0" or not part.startswith("0")) for part in parts) or len(root) > 40:
+        raise ValueError(f"{text!r} is not a UID root: numbers without leading zeros joined by dots, at most "
+                         "40 characters (room for the rest of a 64-character UID)")
+    return root
+
+
+def source_images(series):
+    """SourceImageSequence: one item per source image (file, and frame of an enhanced file) the series came from."""
+    items, headers = [], {}
+    for frame in series.frames:
+        if frame.path not in headers:
+            headers[frame.path] = pydicom.dcmread(frame.path, stop_before_pixels=True, force=True,
+                                                  specific_tags=["SOPClassUID", "SOPInstanceUID", "NumberOfFrames"])
+        header = headers[frame.path]
+        if "SOPInstanceUID" not in header:
+            continue
+        item = Dataset()
+        item.ReferencedSOPClassUID = header.get("SOPClassUID") or MR_IMAGE
+        item.ReferencedSOPInstanceUID = header.SOPInstanceUID
+        if int(header.get("NumberOfFrames") or 1) > 1:
+            item.ReferencedFrameNumber = frame.index + 1
+        items.append(item)
+    return pydicom.Sequence(items)
+
+
+def check_modality(series):
+    """ValueError in one line for a series that is not MR (Modality and storage class): what the models know."""
+    header = pydicom.dcmread(series.files[0], stop_before_pixels=True, force=True,
+                             specific_tags=["Modality", "SOPClassUID"])
+    modality, sop_class = str(header.get("Modality") or "").upper(), header.get("SOPClassUID")
+    if modality not in ("", "MR") or (sop_class and sop_class not in MR_CLASSES):
+        kind = getattr(sop_class, "name", None) or "no storage class"
+        raise fail(series, f"Modality {modality or 'not given'} ({kind}): the models were trained on MR images "
+                           "only; not super-resolved")
 
 
 def grid_of(image):
@@ -511,29 +594,55 @@ def stored_pixels(image):
     return np.clip(np.round((real - low) / step), 0, 65535).astype(np.uint16), step, low
 
 
-def series_dataset(template, description_suffix, dtype, slope, inter):
-    """The attributes every slice of the new series shares: the input's patient and study, new UIDs."""
+def series_dataset(template, description_suffix, dtype, slope, inter, derivation):
+    """The attributes every slice of the new series shares: the input's patient, study and acquisition, new
+    UIDs, dates and equipment (this software, not the scanner)."""
     dataset = Dataset()
     for keyword in KEPT_ATTRIBUTES:
         if keyword in template:
             dataset.add(copy.deepcopy(template.data_element(keyword)))  # as it came: no re-validation
+    for keyword, value in enhanced_acquisition(template).items():
+        if keyword not in dataset:
+            setattr(dataset, keyword, value)
     dataset.SOPClassUID = OUTPUT_CLASS.get(template.get("SOPClassUID"), MR_IMAGE)
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
     dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    dataset.SeriesInstanceUID = generate_uid()
+    dataset.SeriesInstanceUID = new_uid(derivation)
     number = series_number(template)
     if number is not None:
         dataset.SeriesNumber = number + 1000  # its own number, listed apart from the input's
     kept = max(0, 64 - len(description_suffix))  # LO: at most 64 characters
     dataset.SeriesDescription = (str(template.get("SeriesDescription") or "")[:kept] + description_suffix).strip()
-    dataset.DerivationDescription = description_suffix.strip()
+    dataset.DerivationDescription = derivation.description[:1024]
     dataset.ImageType = ["DERIVED", "SECONDARY"]
+    now = datetime.datetime.now()
+    dataset.SeriesDate = dataset.ContentDate = dataset.InstanceCreationDate = now.strftime("%Y%m%d")
+    dataset.SeriesTime = dataset.ContentTime = dataset.InstanceCreationTime = now.strftime("%H%M%S")
+    dataset.Manufacturer = constants.PROJECT_NAME  # the equipment that made this series: this software
+    dataset.ManufacturerModelName = "ESPCN"
+    dataset.SoftwareVersions = [constants.VERSION] + ([derivation.model] if derivation.model else [])
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
     dataset.BitsAllocated = dataset.BitsStored = dtype.itemsize * 8
     dataset.HighBit, dataset.PixelRepresentation = dtype.itemsize * 8 - 1, int(dtype.kind == "i")
     dataset.RescaleSlope, dataset.RescaleIntercept = ds_values([slope, inter])
     return dataset
+
+
+def enhanced_acquisition(template):
+    """{classic attribute: value} of an enhanced file's shared (else first per-frame) functional groups."""
+    found = {}
+    for groups_keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        groups = template.get(groups_keyword)
+        if not groups:
+            continue
+        for macro, inner, classic in ENHANCED_ACQUISITION:
+            item = groups[0].get(macro)
+            value = item[0].get(inner) if item else None
+            if value is not None and classic not in found:
+                many = isinstance(value, (list, tuple, pydicom.multival.MultiValue))
+                found[classic] = value[0] if many and classic == "InversionTime" else value  # InversionTimes: 1..n
+    return found
 
 
 def ds_values(numbers):
@@ -547,33 +656,3 @@ def check_replaceable(out_dir):
                                          and all(name.endswith(".dcm") for name in os.listdir(out_dir))):
         raise ValueError(f"{out_dir} exists and is not an earlier output (a folder of .dcm files); "
                          "not replacing it")
-
-
-def write_folder_atomically(out_dir, write):
-    """Calls write(folder) on a fresh ".partial-" sibling of out_dir, then renames it to out_dir.
-
-    An earlier out_dir is swapped out and removed only once the new one is complete; the temporary folder
-    is removed if writing fails.
-    """
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=".partial-", dir=parent)
-    old = None
-    try:
-        os.chmod(folder, 0o777 & ~current_umask())  # mkdtemp makes it private (0700)
-        write(folder)
-        check_replaceable(out_dir)
-        if os.path.lexists(out_dir):
-            old = tempfile.mkdtemp(prefix=".partial-old-", dir=parent)
-            os.replace(out_dir, old)  # onto an empty folder: allowed
-        try:
-            os.replace(folder, out_dir)
-        except OSError:
-            if old:
-                os.replace(old, out_dir)  # the earlier output back in place
-                old = None
-            raise
-    finally:
-        for leftover in (folder, old):
-            if leftover and os.path.lexists(leftover):
-                shutil.rmtree(leftover)

@@ -41,7 +41,7 @@ import modules
 import slice_geometry
 import through_plane
 import volumes
-from atomic_files import write_atomically
+from atomic_files import remove_dead_partials, write_atomically
 from cli import OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size, upscale_factor
 
 
@@ -77,6 +77,8 @@ def parse_args(argv=None):
     parser.add_argument("--output-format", choices=("nifti", "dicom", "both"), default=constants.OUTPUT_FORMAT,
                         help="DICOM series in: written as NIfTI, as a new DICOM series beside the original, or both "
                              "(other inputs are written in their own format)")
+    parser.add_argument("--uid-root", type=uid_root, default=None, metavar="ROOT",
+                        help="DICOM output: new UIDs under this organisation's root (default: pydicom's)")
     parser.add_argument("--compare", action="store_true",
                         help="with --input: downsample each (high-resolution) input and compare bicubic vs model")
     parser.add_argument("--target-size", type=target_size, default=constants.TARGET_SIZE,
@@ -127,6 +129,13 @@ def add_through_plane_flags(parser):
     parser.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
                         help="the slices' profile across their thickness: box (an ideal slab) or gaussian "
                              "(FWHM = the thickness)")
+
+
+def uid_root(text):
+    try:
+        return dicom_series.check_uid_root(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # --- Model -------------------------------------------------------------------
@@ -239,6 +248,7 @@ def super_resolve_image(model, path, args, guard):
 def read_volume(item, notes):
     """(nibabel image, float32 data in real units) of a volume file or a DICOM series; ValueError on a bad one."""
     if isinstance(item, dicom_series.Series):
+        dicom_series.check_modality(item)
         image = dicom_series.load_series(item)
         volumes.check_header(image)
         return image, np.asarray(image.dataobj, np.float32)
@@ -262,12 +272,15 @@ def claim_outputs(item, tag, args, guard):
     return outputs
 
 
-def write_volume(item, image, out, factors, outputs, tag):
-    """Writes the output `out` (stored values on the grid `factors` times finer) to each of `outputs`."""
+def write_volume(item, image, out, factors, outputs, tag, derivation=None):
+    """Writes the output `out` (stored values on the grid `factors` times finer) to each of `outputs`.
+
+    A DICOM series is written with `derivation` (dicom_series.Derivation: what made it, its SliceThickness).
+    """
     result = volumes.resampled_image(image, out, factors)
     for kind, path in outputs.items():
         if kind == "dicom":
-            dicom_series.write_series(item, result, path, f" ESPCN {tag.replace('_', ' ')}")
+            dicom_series.write_series(item, result, path, f" ESPCN {tag.replace('_', ' ')}", derivation)
         else:
             volumes.save_image(result, path)
 
@@ -283,7 +296,12 @@ def super_resolve_volume(model, item, args, guard):
               disable=None) as progress:  # no bar when stderr is not a terminal
         out, n_nan, n_inf = volumes.super_resolve_in_plane(model, image, data, args.axis, args.batch_size, progress,
                                                            ensemble_for("nifti", args), args.edges)
-    write_volume(item, image, out, volumes.in_plane_factors(args.axis, factor), outputs, f"x{factor}")
+    # in-plane, the slices are the source's: its SliceThickness holds (through-plane writes the new spacing)
+    derivation = dicom_series.Derivation(
+        f"ESPCN x{factor} in-plane super-resolution ({constants.PROJECT_NAME} {constants.VERSION}, model "
+        f"{os.path.basename(args.model_file)})", os.path.basename(args.model_file),
+        dicom_series.slice_thickness(item) if isinstance(item, dicom_series.Series) else None, args.uid_root)
+    write_volume(item, image, out, volumes.in_plane_factors(args.axis, factor), outputs, f"x{factor}", derivation)
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return Result(", ".join(outputs.values()), warning=inference.join_warnings(*notes, non_finite))
 
@@ -313,7 +331,13 @@ def refine_through_plane(source, item, args, guard):
         outputs = claim_outputs(item, tag, args, guard)
         out, prepared, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, geometry,
                                                                                 settings, progress)
-    write_volume(item, image, out, geometry.output_factors(), outputs, tag)
+    model_file = os.path.basename(args.model or through_plane.pretrained_path(geometry.factor))
+    derivation = dicom_series.Derivation(
+        f"ESPCN through-plane super-resolution: slices {geometry.spacing:.4g} mm apart and {geometry.thickness:.4g} "
+        f"mm thick refined to {geometry.output_spacing():.4g} mm ({constants.PROJECT_NAME} {constants.VERSION}, "
+        f"model {model_file}{', adapted to this volume' if prepared.steps else ''})", model_file,
+        geometry.output_spacing(), args.uid_root)  # each new slice stands for its own spacing (docs/dicom.md)
+    write_volume(item, image, out, geometry.output_factors(), outputs, tag, derivation)
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return Result(", ".join(outputs.values()), f"{geometry.describe()}; {prepared.note}",
                   inference.join_warnings(*notes, prepared.warning, non_finite))
@@ -429,10 +453,12 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         check_output_dir(args.output_dir)
+        remove_dead_partials(args.output_dir)  # what a killed run left (a DICOM series: patient data)
         if args.through_plane:  # its models depend on each volume's factor: through_plane.ModelSource
             return run_on_inputs(through_plane_handler(through_plane.ModelSource(args.model, args.precision), args),
                                  args)
         model_path, origin = resolve_model_path(args.model, args.output_dir)
+        args.model_file = model_path
         model = inference.load_model(model_path, args.precision)
         print(f"model: {model_path} ({origin}), precision: {modules.choose_precision(args.precision)}")
         if args.input:

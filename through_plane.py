@@ -27,7 +27,6 @@ import time
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy import ndimage
 
 import constants
 import inference

@@ -223,8 +223,11 @@ def super_resolve_in_plane(model, image, data, axis, batch_size=None, progress=N
         volume, nan_mask, n_nan, n_inf = inference.finite_copy(series[..., t])
         counts[0], counts[1] = counts[0] + n_nan, counts[1] + n_inf
         write = plane_writer(image, np.moveaxis(out_series[..., t], axis, 0), volume, nan_mask, axis, factor)
+        # clip=False: the network's [0, 1] is the robust range, not the volume's; voxels brighter than its
+        # 99.5th percentile (enhancing vessels and lesions) stay as bright as they come, limited by the
+        # writer to the input's own [min, max] and data type
         inference.upscale_planes(model, ScaledPlanes(np.moveaxis(volume, axis, 0), *robust_range(volume)),
-                                 write, batch_size, progress=progress, ensemble=ensemble, edges=edges)
+                                 write, batch_size, progress=progress, ensemble=ensemble, edges=edges, clip=False)
     return out, counts[0], counts[1]
 
 

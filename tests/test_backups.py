@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+import atomic_files
 import backups
 import modules
 import train
@@ -34,7 +35,7 @@ def test_a_crash_while_writing_leaves_the_previous_backup_restorable(tmp_path, m
 
     train_a_little(model, state, 1)
     with monkeypatch.context() as patch:  # the process dies after TensorFlow wrote, before the rename
-        patch.setattr(backups.os, "rename", lambda *a: (_ for _ in ()).throw(OSError("power cut")))
+        patch.setattr(atomic_files.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("power cut")))
         with pytest.raises(OSError):
             backups.write_backup(state, SETTINGS, folder)
     leftover = tmp_path / "backup" / ".partial-crashed"  # what a kill -9 in mid-write leaves

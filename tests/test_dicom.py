@@ -355,7 +355,8 @@ def test_written_files_carry_the_dicom_attributes(tmp_path):
     series = load_folder(tmp_path / "in")[0][0]
     inputs = {path: open(path, "rb").read() for path in series.files}
     dicom_series.write_series(series, refined(dicom_series.load_series(series), [4, 4, 1]),
-                              str(tmp_path / "in_x4"), " ESPCN x4")
+                              str(tmp_path / "in_x4"), " ESPCN x4",
+                              dicom_series.Derivation("ESPCN x4", slice_thickness=dicom_series.slice_thickness(series)))
     files = [pydicom.dcmread(tmp_path / "in_x4" / name) for name in sorted(os.listdir(tmp_path / "in_x4"))]
     source = pydicom.dcmread(series.files[0])
     assert len(files) == 6 and len({f.SOPInstanceUID for f in files}) == 6
@@ -368,7 +369,8 @@ def test_written_files_carry_the_dicom_attributes(tmp_path):
     assert list(first.ImageType) == ["DERIVED", "SECONDARY"] and first.SeriesDescription == "T1 axial ESPCN x4"
     assert (first.Rows, first.Columns, first.BitsAllocated, first.PixelRepresentation) == (40, 48, 16, 1)
     assert [float(v) for v in first.PixelSpacing] == [0.225, 0.2] and first.SeriesNumber == 1003
-    assert float(first.SliceThickness) == float(first.SpacingBetweenSlices) == 2.5
+    # in-plane the slices are the source's: its thickness (3 mm) is kept, the spacing is the grid's
+    assert float(first.SliceThickness) == 3.0 and float(first.SpacingBetweenSlices) == 2.5
     # slice k at IPP(output voxel (0, 0, k)): the input's IPP moved by -0.375 of a pixel along rows and columns
     for k, f in enumerate(files):
         np.testing.assert_allclose([float(v) for v in f.ImagePositionPatient],

@@ -43,7 +43,6 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import constants  # noqa: E402
 import dataset  # noqa: E402
 import inference  # noqa: E402
 import measures  # noqa: E402
