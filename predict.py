@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+import bids_derivatives
 import constants
 import dataset
 import dicom_series
@@ -38,6 +39,7 @@ import evaluation
 import image_files
 import inference
 import modules
+import provenance
 import slice_geometry
 import through_plane
 import volumes
@@ -49,47 +51,23 @@ from cli import OneLineErrorParser, check_output_dir, positive_float, positive_i
 
 def parse_args(argv=None):
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-dir", default=constants.DATA_DIR, help="AD_NC-style tree; its test/ split is evaluated")
-    parser.add_argument("--output-dir", default=constants.OUTPUT_DIR, help="where results are written")
-    parser.add_argument("--model", default=None,
-                        help=f"a .keras model (default: <output-dir>/{constants.MODEL_FILENAME}, "
-                             f"else {constants.PRETRAINED_MODEL})")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="model inputs per inference batch (planes or tiles; each view of --ensemble counts); "
-                             "default: as many as hold "
-                             f"{constants.PREDICT_BATCH_PIXELS} input pixels (constants.PREDICT_BATCH_PIXELS)")
-    parser.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=None,
-                        help="average the model over this many flips/quarter turns of each input (self-ensemble); "
-                             f"default: {constants.ENSEMBLE_IMAGES} for images and the test split, "
-                             f"{constants.ENSEMBLE_VOLUMES} for NIfTI volumes, {constants.THROUGH_PLANE_FLIPS} flips "
-                             "(at most 4) with --through-plane")
-    parser.add_argument("--edges", choices=("auto", "trained", "mirror"), default=constants.EDGES,
-                        help="planes fed as the network was trained (zero-padded convolutions) or with a mirror "
-                             "margin; auto: mirror only for small planes and flat borders (inference.py)")
-    parser.add_argument("--input", nargs="+", metavar="PATH",
-                        help="low-resolution images / NIfTI volumes / folders of them to super-resolve")
-    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
-                        help="NIfTI: the slice axis (in-plane: default 2; --through-plane: the largest voxel size)")
-    parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-                        default=constants.PREDICT_PRECISION,
-                        help="auto: mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, mixed_float16 on GPUs, else float32")
-    parser.add_argument("--output-format", choices=("nifti", "dicom", "both"), default=constants.OUTPUT_FORMAT,
-                        help="DICOM series in: written as NIfTI, as a new DICOM series beside the original, or both "
-                             "(other inputs are written in their own format)")
-    parser.add_argument("--uid-root", type=uid_root, default=None, metavar="ROOT",
-                        help="DICOM output: new UIDs under this organisation's root (default: pydicom's)")
-    parser.add_argument("--compare", action="store_true",
-                        help="with --input: downsample each (high-resolution) input and compare bicubic vs model")
-    parser.add_argument("--target-size", type=target_size, default=constants.TARGET_SIZE,
-                        help="test slices are padded/cropped to this square size (pixels)")
-    parser.add_argument("--figure-images", type=positive_int, default=constants.FIGURE_IMAGES,
-                        help="test images in the comparison figure")
-    add_through_plane_flags(parser)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_input_output_flags(parser.add_argument_group("inputs and outputs"))
+    add_in_plane_flags(parser.add_argument_group("in-plane super-resolution (the default)"))
+    add_through_plane_flags(parser.add_argument_group("through-plane super-resolution (--through-plane)"))
+    add_dicom_flags(parser.add_argument_group("DICOM series"))
+    add_bids_flags(parser.add_argument_group("BIDS datasets (--bids)"))
+    add_evaluation_flags(parser.add_argument_group("evaluation (--compare, or the test split without --input)"))
     args = parser.parse_args(argv)
     if args.axis is None and not args.through_plane:
         args.axis = 2
-    if args.through_plane and not args.input:
+    if args.bids and args.input:
+        parser.error("argument --bids: takes the place of --input (the dataset's anatomical volumes are the inputs)")
+    if (args.participant_label or args.bids_suffix) and not args.bids:
+        parser.error("argument --participant-label/--bids-suffix: needs --bids BIDS_DIR")
+    if args.bids and args.compare:
+        parser.error("argument --compare: not with --bids (a derivatives dataset holds outputs, not comparisons)")
+    if args.through_plane and not (args.input or args.bids):
         parser.error("argument --through-plane: needs --input (the NIfTI volumes to refine)")
     if args.compare and not args.input:
         parser.error("argument --compare: needs --input (the files to compare on)")
@@ -98,37 +76,97 @@ def parse_args(argv=None):
     return args
 
 
-def add_through_plane_flags(parser):
-    parser.add_argument("--through-plane", action="store_true",
-                        help="NIfTI: refine thick slices into fine ones (between the slices) instead of in-plane")
-    parser.add_argument("--through-plane-factor", type=upscale_factor, default=None,
-                        help="the model's factor: it refines slices this many times on an in-plane grid of "
-                             "spacing / factor mm (default: slice spacing / in-plane voxel size, rounded into "
-                             f"{constants.THROUGH_PLANE_FACTORS[0]}..{constants.THROUGH_PLANE_FACTORS[1]}, the "
-                             f"shipped models; {constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
-    parser.add_argument("--slice-thickness", type=positive_float, default=None, metavar="MM",
-                        help="the slices' thickness (default: the DICOM header's SliceThickness, or SliceThickness "
-                             "of the BIDS sidecar <stem>.json beside a NIfTI, else the slice spacing)")
-    parser.add_argument("--target-spacing", type=positive_float, default=None, metavar="MM",
-                        help="the output's slice spacing (default: slice spacing / the model's factor, the "
-                             "network's own grid); the output keeps the input's extent, so the spacing is "
-                             "rounded to a whole number of slices")
-    parser.add_argument("--through-plane-seconds", type=positive_float, default=constants.THROUGH_PLANE_SECONDS,
-                        help="time one volume may take (TensorFlow start-up, reading and writing come on top); "
-                             "per-volume adaptation gets what inference leaves")
-    parser.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=True,
-                        help="fine-tune the pretrained through-plane model on each volume's own fine planes")
-    parser.add_argument("--adapt-learning-rate", type=positive_float, default=constants.ADAPT_LEARNING_RATE,
-                        help="Adam's rate for per-volume adaptation from a pretrained model (cosine-decayed over the "
-                             "time left)")
-    parser.add_argument("--adapt-steps", "--adapt-max-steps", type=positive_int, default=constants.ADAPT_STEPS,
-                        help="adaptation steps for a volume of up to "
-                             f"{constants.ADAPT_FULL_VOXELS // 1_000_000}M working voxels, proportionally fewer "
-                             "for larger ones (it stops earlier when the volume's own validation crops stop "
-                             "improving; the time budget only caps it, with a warning)")
-    parser.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
-                        help="the slices' profile across their thickness: box (an ideal slab) or gaussian "
-                             "(FWHM = the thickness)")
+def add_input_output_flags(group):
+    group.add_argument("--input", nargs="+", metavar="PATH",
+                       help="low-resolution images / NIfTI volumes / folders of them to super-resolve")
+    group.add_argument("--output-dir", default=constants.OUTPUT_DIR, help="where results are written")
+    group.add_argument("--model", default=None,
+                       help=f"a .keras model (default: <output-dir>/{constants.MODEL_FILENAME}, "
+                            f"else {constants.PRETRAINED_MODEL})")
+    group.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+                       default=constants.PREDICT_PRECISION,
+                       help="auto: mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, mixed_float16 on GPUs, else float32")
+    group.add_argument("--batch-size", type=positive_int, default=None,
+                       help="model inputs per inference batch (planes or tiles; each view of --ensemble counts) and, "
+                            "with --through-plane, crops per adaptation step; default: as many inputs as hold "
+                            f"{constants.PREDICT_BATCH_PIXELS} input pixels (constants.PREDICT_BATCH_PIXELS), "
+                            f"{constants.ADAPT_BATCH_SIZE} crops")
+    group.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=None,
+                       help="average the model over this many flips/quarter turns of each input (self-ensemble); "
+                            f"default: {constants.ENSEMBLE_IMAGES} for images and the test split, "
+                            f"{constants.ENSEMBLE_VOLUMES} for NIfTI volumes, {constants.THROUGH_PLANE_FLIPS} flips "
+                            "(at most 4) with --through-plane")
+    group.add_argument("--edges", choices=("auto", "trained", "mirror"), default=constants.EDGES,
+                       help="planes fed as the network was trained (zero-padded convolutions) or with a mirror "
+                            "margin; auto: mirror only for small planes and flat borders (inference.py)")
+
+
+def add_in_plane_flags(group):
+    group.add_argument("--axis", type=int, choices=(0, 1, 2), default=None,
+                       help="NIfTI: the slice axis (in-plane: default 2; --through-plane: the largest voxel size)")
+
+
+def add_dicom_flags(group):
+    group.add_argument("--output-format", choices=("nifti", "dicom", "both"), default=constants.OUTPUT_FORMAT,
+                       help="DICOM series in: written as NIfTI, as a new DICOM series beside the original, or both "
+                            "(other inputs are written in their own format)")
+    group.add_argument("--uid-root", type=uid_root, default=None, metavar="ROOT",
+                       help="DICOM output: new UIDs under this organisation's root (default: pydicom's)")
+
+
+def add_bids_flags(group):
+    group.add_argument("--bids", metavar="BIDS_DIR", default=None,
+                       help="a BIDS dataset: every anatomical NIfTI (anat/, sessions included) of the chosen "
+                            "participants becomes an output in --output-dir, a BIDS derivatives dataset "
+                            "(bids_derivatives.py)")
+    group.add_argument("--participant-label", nargs="+", metavar="LABEL", default=None,
+                       help="participants to process, with or without sub-, all when not given; one job each "
+                            "scales out, as BIDS Apps do")
+    group.add_argument("--bids-suffix", nargs="+", metavar="SUFFIX", default=None,
+                       help="only these suffixes (e.g. T1w FLAIR), every anatomical one when not given")
+
+
+def add_evaluation_flags(group):
+    group.add_argument("--compare", action="store_true",
+                       help="with --input: downsample each (high-resolution) input and compare bicubic vs model")
+    group.add_argument("--data-dir", default=constants.DATA_DIR, help="AD_NC-style tree; its test/ split is evaluated")
+    group.add_argument("--target-size", type=target_size, default=constants.TARGET_SIZE,
+                       help="test slices are padded/cropped to this square size (pixels)")
+    group.add_argument("--figure-images", type=positive_int, default=constants.FIGURE_IMAGES,
+                       help="test images in the comparison figure")
+
+
+def add_through_plane_flags(group):
+    group.add_argument("--through-plane", action="store_true",
+                       help="NIfTI: refine thick slices into fine ones (between the slices) instead of in-plane")
+    group.add_argument("--through-plane-factor", type=upscale_factor, default=None,
+                       help="the model's factor: it refines slices this many times on an in-plane grid of "
+                            "spacing / factor mm; by default slice spacing / in-plane voxel size, rounded into "
+                            f"{constants.THROUGH_PLANE_FACTORS[0]}..{constants.THROUGH_PLANE_FACTORS[1]}, the "
+                            f"shipped models ({constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
+    group.add_argument("--slice-thickness", type=positive_float, default=None, metavar="MM",
+                       help="the slices' thickness; by default the DICOM header's SliceThickness, or SliceThickness "
+                            "of the BIDS sidecar <stem>.json beside a NIfTI, else the slice spacing")
+    group.add_argument("--target-spacing", type=positive_float, default=None, metavar="MM",
+                       help="the output's slice spacing, by default slice spacing / the model's factor (the "
+                            "network's own grid); the output keeps the input's extent, so the spacing is "
+                            "rounded to a whole number of slices")
+    group.add_argument("--through-plane-seconds", type=positive_float, default=constants.THROUGH_PLANE_SECONDS,
+                       help="a cap on the time one volume may take (TensorFlow start-up, reading and writing come "
+                            "on top): adaptation is cut short, with a warning, only past it")
+    group.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=True,
+                       help="fine-tune the pretrained through-plane model on each volume's own fine planes")
+    group.add_argument("--adapt-learning-rate", type=positive_float, default=constants.ADAPT_LEARNING_RATE,
+                       help="Adam's rate for per-volume adaptation from a pretrained model (cosine-decayed over "
+                            "its steps)")
+    group.add_argument("--adapt-steps", "--adapt-max-steps", type=positive_int, default=constants.ADAPT_STEPS,
+                       help="adaptation steps for a volume of up to "
+                            f"{constants.ADAPT_FULL_VOXELS // 1_000_000}M working voxels, proportionally fewer "
+                            "for larger ones (it stops earlier when the volume's own validation crops stop "
+                            "improving; the time budget only caps it, with a warning)")
+    group.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
+                       help="the slices' profile across their thickness: box (an ideal slab) or gaussian "
+                            "(FWHM = the thickness)")
 
 
 def uid_root(text):
@@ -261,6 +299,10 @@ def claim_outputs(item, tag, args, guard):
     A file is written in its own format (.nii.gz, or .mgz for MGH); a DICOM
     series as --output-format says: NIfTI, a new series folder, or both.
     """
+    if args.bids:
+        path = bids_derivatives.output_path(args.bids, item, args.output_dir, bids_derivatives.method_label(tag))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return {"nifti": guard.claim(item, path)}
     if not isinstance(item, dicom_series.Series):
         name = f"{stem_of(item)}_{tag}{volumes.output_suffix(item)}"
         return {"nifti": guard.claim(item, os.path.join(args.output_dir, name))}
@@ -272,10 +314,11 @@ def claim_outputs(item, tag, args, guard):
     return outputs
 
 
-def write_volume(item, image, out, factors, outputs, tag, derivation=None):
+def write_volume(item, image, out, factors, outputs, tag, derivation, made_by, args):
     """Writes the output `out` (stored values on the grid `factors` times finer) to each of `outputs`.
 
-    A DICOM series is written with `derivation` (dicom_series.Derivation: what made it, its SliceThickness).
+    A DICOM series is written with `derivation` (dicom_series.Derivation: what made it, its SliceThickness);
+    a NIfTI or MGH file with a JSON sidecar of provenance.record(**made_by) beside it.
     """
     result = volumes.resampled_image(image, out, factors)
     for kind, path in outputs.items():
@@ -283,6 +326,12 @@ def write_volume(item, image, out, factors, outputs, tag, derivation=None):
             dicom_series.write_series(item, result, path, f" ESPCN {tag.replace('_', ' ')}", derivation)
         else:
             volumes.save_image(result, path)
+            source = os.path.dirname(item.files[0]) if isinstance(item, dicom_series.Series) else item
+            fields = provenance.record(source, factors=factors, input_image=image, output_image=result, **made_by)
+            if args.bids:  # the source sidecar's fields that still hold, and Sources as a BIDS URI
+                fields = {**bids_derivatives.carried_sidecar(item), **fields,
+                          "Sources": [bids_derivatives.bids_uri(args.bids, item)]}
+            provenance.write_sidecar(path, fields)
 
 
 def super_resolve_volume(model, item, args, guard):
@@ -301,7 +350,12 @@ def super_resolve_volume(model, item, args, guard):
         f"ESPCN x{factor} in-plane super-resolution ({constants.PROJECT_NAME} {constants.VERSION}, model "
         f"{os.path.basename(args.model_file)})", os.path.basename(args.model_file),
         dicom_series.slice_thickness(item) if isinstance(item, dicom_series.Series) else None, args.uid_root)
-    write_volume(item, image, out, volumes.in_plane_factors(args.axis, factor), outputs, f"x{factor}", derivation)
+    made_by = {"model_path": args.model_file, "network": f"ESPCN x{factor} in-plane",
+               "settings": {"Precision": modules.choose_precision(args.precision),
+                            "Ensemble": ensemble_for("nifti", args), "Edges": args.edges, "SliceAxis": args.axis},
+               "slice_thickness": [derivation.slice_thickness or float(image.header.get_zooms()[args.axis])] * 2}
+    write_volume(item, image, out, volumes.in_plane_factors(args.axis, factor), outputs, f"x{factor}", derivation,
+                 made_by, args)
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return Result(", ".join(outputs.values()), warning=inference.join_warnings(*notes, non_finite))
 
@@ -337,7 +391,15 @@ def refine_through_plane(source, item, args, guard):
         f"mm thick refined to {geometry.output_spacing():.4g} mm ({constants.PROJECT_NAME} {constants.VERSION}, "
         f"model {model_file}{', adapted to this volume' if prepared.steps else ''})", model_file,
         geometry.output_spacing(), args.uid_root)  # each new slice stands for its own spacing (docs/dicom.md)
-    write_volume(item, image, out, geometry.output_factors(), outputs, tag, derivation)
+    made_by = {"model_path": args.model or through_plane.pretrained_path(geometry.factor),
+               "network": f"ESPCN-1D x{geometry.factor} through-plane",
+               "settings": {"Precision": modules.choose_precision(args.precision), "Ensemble": settings.flips,
+                            "Edges": args.edges, "SliceAxis": geometry.axis, "SliceProfile": settings.profile,
+                            "ThicknessSource": geometry.thickness_source,
+                            "WorkingVoxelSize": round(geometry.working_pixel, 6),
+                            "AdaptationSteps": prepared.steps, "AdaptationSeed": settings.seed},
+               "slice_thickness": (geometry.thickness, geometry.output_spacing())}
+    write_volume(item, image, out, geometry.output_factors(), outputs, tag, derivation, made_by, args)
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return Result(", ".join(outputs.values()), f"{geometry.describe()}; {prepared.note}",
                   inference.join_warnings(*notes, prepared.warning, non_finite))
@@ -437,6 +499,17 @@ def run_on_inputs(handle, args):
     return 1 if failures else 0
 
 
+def bids_inputs(args):
+    """The anatomical volumes of --bids for --participant-label / --bids-suffix; writes the derivatives'
+    dataset_description.json.  ValueError in words for a dataset or label that is not there."""
+    labels = bids_derivatives.participant_labels(args.participant_label)
+    found = bids_derivatives.find_anatomical(args.bids, labels, args.bids_suffix or ())
+    if not found:
+        raise ValueError(f"--bids {args.bids}: no anatomical NIfTI for the chosen participants and suffixes")
+    bids_derivatives.write_description(args.bids, args.output_dir)
+    return found
+
+
 def describe(error):
     """An error in words, on one line."""
     if isinstance(error, MemoryError):
@@ -454,6 +527,8 @@ def main(argv=None):
     try:
         check_output_dir(args.output_dir)
         remove_dead_partials(args.output_dir)  # what a killed run left (a DICOM series: patient data)
+        if args.bids:
+            args.input = bids_inputs(args)
         if args.through_plane:  # its models depend on each volume's factor: through_plane.ModelSource
             return run_on_inputs(through_plane_handler(through_plane.ModelSource(args.model, args.precision), args),
                                  args)

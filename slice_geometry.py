@@ -70,10 +70,6 @@ class Geometry:
     def output_spacing(self):
         return self.spacing * self.shape[self.axis] / self.output_slices()
 
-    def working_weights(self, n_thick, profile):
-        """Thick-slice weights of `n_thick` slices on the working grid (F working voxels apart, T / w thick)."""
-        return slice_profiles.regular_weights(n_thick, self.factor, self.thickness / self.spacing, profile)
-
     def output_weights(self, profile):
         """Thick-slice weights of the input's slices on the output grid: (input slices, output slices)."""
         n, m = self.shape[self.axis], self.output_slices()

@@ -36,6 +36,7 @@ import backups  # noqa: E402
 import constants  # noqa: E402
 import dataset  # noqa: E402
 import modules  # noqa: E402
+import training_logs  # noqa: E402
 from backups import TrainingState  # noqa: E402
 from atomic_files import write_atomically  # noqa: E402
 from cli import (OneLineErrorParser, check_output_dir, filter_counts, positive_float, positive_int,  # noqa: E402
@@ -415,13 +416,18 @@ def run_epoch(epoch, train_step, batches, steps, callbacks, psnr_callback, optim
             "val_ssim": val["ssim"], "learning_rate": current_learning_rate(optimizer)}
 
 
-def save_epoch(state, row, model, run, stop):
-    """The best model (if this epoch is), the backup, then history.csv: each written whole or not at all."""
+def save_epoch(state, row, model, run, stop, log, validation):
+    """The best model (if this epoch is), the backup, history.csv, then the TensorBoard log.
+
+    Each is written whole or not at all; the log comes after the backup, so a
+    resumed run never logs an epoch twice.
+    """
     stop.phase = f"saving epoch {row['epoch'] + 1}"
     if state.record(row, model):
         write_atomically(os.path.join(run.output_dir, constants.MODEL_FILENAME), model.save)
     backups.write_backup(state, run.settings, backups.backup_dir_of(run.output_dir))
     save_history_csv(state.history, os.path.join(run.output_dir, "history.csv"))
+    log.write_epoch(row, model, validation)
 
 
 def weights_fingerprint(model):
@@ -463,11 +469,12 @@ def train_into(args, run, split, stop):
     train_step = modules.make_train_step(model, optimizer, run.strategy, run.jit, args.loss)
     batches = training_batches(args, run, train_set.images, plan, first_epoch=state.epochs_done)
     callbacks, psnr_callback = make_callbacks(args, run, model, val_set.images, plan)
+    log = training_logs.TrainingLog(run.output_dir, run.chief)
     stop.check()
     while state.epochs_done < args.epochs and state.epochs_without_improvement < args.patience:
         row = run_epoch(state.epochs_done, train_step, batches, plan.steps, callbacks, psnr_callback, optimizer,
                         stop)
-        save_epoch(state, row, model, run, stop)
+        save_epoch(state, row, model, run, stop, log, psnr_callback.dataset)
         stop.check()  # the epoch is saved: a safe point
     return finish(model, state, args, run)
 

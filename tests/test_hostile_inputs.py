@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import atomic_files
 import constants
 import inference
 import modules
@@ -107,7 +108,7 @@ def test_a_planted_symlink_never_redirects_a_write_onto_the_input(tmp_path, mode
     # drawn first by other temporary files of the run, e.g. check_output_dir's probe).
     drawn = (f"known{i}" for i in itertools.count())
     monkeypatch.setattr(tempfile, "_name_sequence", drawn)
-    planted = [out / f".partial-known{i}-scan_x4.png" for i in range(16)]
+    planted = [out / f"{atomic_files.partial_prefix()}known{i}-scan_x4.png" for i in range(16)]
     for link in planted:
         os.symlink(scan, link)
     tried, recording = [], [True]  # every name mkstemp tries, from its audit event (the hook cannot be removed)

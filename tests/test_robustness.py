@@ -180,8 +180,8 @@ def what_a_kill_may_leave(out, done):
     assert {"settings.json", "ckpt.index"} <= set(os.listdir(os.path.join(out, "backup", newest))), newest
     assert all(name in complete or name.startswith(".partial-") for name in names), names
     assert len(names) - len(complete) <= 1, names  # one write at a time
-    stray = {name for name in os.listdir(out) if name not in ("backup", "espcn.keras", "history.csv")}
-    assert all(re.fullmatch(r"\.partial-\w+-(espcn\.keras|history\.csv)", name) for name in stray), stray
+    stray = {name for name in os.listdir(out) if name not in ("backup", "espcn.keras", "history.csv", "logs")}
+    assert all(re.fullmatch(r"\.partial-[\w-]+-(espcn\.keras|history\.csv)", name) for name in stray), stray
     return newest, stray
 
 
@@ -236,7 +236,7 @@ def test_interrupted_training_resumes_with_every_epoch_once(tmp_path, how, ctrl_
     assert history_epochs(out) == list(range(EPOCHS)), "every epoch exactly once"
     assert not os.path.exists(os.path.join(out, "backup")), "a finished run leaves no backup"
     # a model or history write cut by kill -9 leaves its temporary file (nothing removes it); no run adds one
-    assert set(os.listdir(out)) == {"espcn.keras", "history.csv", "psnr.png", "loss.png"} | stray
+    assert set(os.listdir(out)) == {"espcn.keras", "history.csv", "psnr.png", "loss.png", "logs"} | stray
 
 
 def test_restart_discards_a_backup_that_cannot_be_checked(tmp_path):

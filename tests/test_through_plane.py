@@ -127,7 +127,7 @@ def test_bad_inputs_get_one_line_each_and_the_rest_still_run(tmp_path, capsys):
                          "--no-adapt", "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code != 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["good_through_x4.nii.gz"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["good_through_x4.json", "good_through_x4.nii.gz"]
     for path, words in ((isotropic, "nearly isotropic"), (one_slice, "2D image"), (picture, "2D image")):
         lines = [line for line in err.splitlines() if str(path) in line]
         assert len(lines) == 1 and words in lines[0], (path, err)
