@@ -171,10 +171,11 @@ THROUGH_PLANE_MIN_RATIO = 1.4
 # depend on the machine; only when the cap would be passed (a loaded or slow
 # machine) is it cut short, with a warning.  TensorFlow's start-up (about 10 s
 # a run), reading and writing (a few seconds a volume) come on top.  On the
-# 2-core AVX2 EPYC a clinical volume took 75-95 s in all with 500 steps
-# (docs/through-plane.md), inside issue 28's 120 s a volume and issue 21's
-# 180 s for a head's two volumes.
-THROUGH_PLANE_SECONDS = 90.0
+# 2-core AVX2 EPYC a clinical volume took 63-94 s in all with 500 steps
+# (docs/through-plane.md), inside issue 28's 120 s a volume; at 90 s the cap
+# came within seconds of cutting the slowest of them on a quiet machine,
+# which would have made its output depend on the moment.
+THROUGH_PLANE_SECONDS = 105.0
 # Per-volume adaptation (SMORE's idea): fine-tune the pretrained model on the
 # volume's own fine in-plane planes, made thick along one in-plane direction.
 # Crops are about ADAPT_PATCH fine pixels a side (cut to a multiple of the

@@ -116,7 +116,7 @@ def test_two_workers_train_the_same_model(tmp_path):
         assert "replicas in sync: 2" in output
     prints = [re.search(r"weights fingerprint: (\w+)", o).group(1) for o in outputs]
     assert prints[0] == prints[1], "workers ended with different weights"
-    assert sorted(os.listdir(out)) == ["espcn.keras", "history.csv", "loss.png", "psnr.png"]
+    assert sorted(os.listdir(out)) == ["espcn.keras", "history.csv", "logs", "loss.png", "psnr.png"]
     with open(os.path.join(out, "history.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [row["epoch"] for row in rows] == ["0", "1"]  # written once, by the chief
