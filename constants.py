@@ -204,7 +204,7 @@ ADAPT_MIN_GAIN = 0.0
 # above is only a cap, with a warning when it cuts adaptation short.  Every
 # random draw of adaptation comes from ADAPT_SEED.
 ADAPT_STEPS = 500
-ADAPT_FULL_VOXELS = 16_000_000
+ADAPT_FULL_VOXELS = 8_000_000
 ADAPT_MIN_STEPS = 200
 ADAPT_SEED = 0
 # Slice profile of the thick slices (slice_profiles.py): "box" (an ideal slab
