@@ -171,8 +171,8 @@ THROUGH_PLANE_MIN_RATIO = 1.4
 # depend on the machine; only when the cap would be passed (a loaded or slow
 # machine) is it cut short, with a warning.  TensorFlow's start-up (about 10 s
 # a run), reading and writing (a few seconds a volume) come on top.  On the
-# 2-core AVX2 EPYC a clinical volume took 63-94 s in all with 500 steps
-# (docs/through-plane.md), inside issue 28's 120 s a volume; at 90 s the cap
+# 2-core AVX2 EPYC a clinical volume took 55-85 s in all (docs/through-plane.md),
+# inside issue 28's 120 s a volume; at 90 s the cap
 # came within seconds of cutting the slowest of them on a quiet machine,
 # which would have made its output depend on the moment.
 THROUGH_PLANE_SECONDS = 105.0
@@ -199,7 +199,8 @@ ADAPT_MIN_GAIN = 0.0
 # Adaptation takes ADAPT_STEPS steps (predict.py --adapt-steps) on volumes
 # whose working output has up to ADAPT_FULL_VOXELS voxels, proportionally
 # fewer on larger ones (whose inference takes longer), at least
-# ADAPT_MIN_STEPS: a number from the volume, never from the clock, so the same
+# ADAPT_MIN_STEPS (at 16M, issue 21's heads passed its 180 s for two volumes
+# on a 2-core AVX2 CPU and were cut by the cap; docs/through-plane.md): a number from the volume, never from the clock, so the same
 # input gives the same voxels on any machine at any load; the time budget
 # above is only a cap, with a warning when it cuts adaptation short.  Every
 # random draw of adaptation comes from ADAPT_SEED.

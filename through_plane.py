@@ -346,16 +346,18 @@ def prepare_model(source, working, geometry, settings, began, progress=None):
                     warning, done)
 
 
-def refine(model, volume, geometry, settings, progress=None, began=None):
+def refine(model, volume, geometry, settings, progress=None, began=None, working=None):
     """The output-grid volume for a [0, 1] thick volume (input grid), made consistent with the input.
 
     The volume goes onto the working grid (in-plane voxels of
     geometry.working_pixel), the model refines its slices there, the estimate
     goes onto the output grid (the input's in-plane voxels, the output's
     slices), and there it is projected onto the volumes whose thick slices are
-    exactly the input's (make_consistent).
+    exactly the input's (make_consistent).  `working`: the volume already on
+    the working grid, when the caller has it.
     """
-    working = slice_geometry.resample(volume, geometry.working_shape())
+    if working is None:
+        working = slice_geometry.resample(volume, geometry.working_shape())
     fine = estimate(model, working, geometry.axis, settings,
                     None if progress is None else (lambda: advance_to(progress, began)))
     fine = slice_geometry.resample(fine, geometry.output_shape())
@@ -380,11 +382,11 @@ def super_resolve_through_plane(source, image, data, geometry, settings, progres
         counts[0], counts[1] = counts[0] + n_nan, counts[1] + n_inf
         low, high = volumes.robust_range(volume)
         scaled = (volume - low) / (high - low)
+        working = slice_geometry.resample(scaled, geometry.working_shape())
         if prepared is None:
-            working = slice_geometry.resample(scaled, geometry.working_shape())
             prepared = prepare_model(source, working, geometry, settings, began, progress)
-            del working
-        refined = refine(prepared.model, scaled, geometry, settings, progress, began)
+        refined = refine(prepared.model, scaled, geometry, settings, progress, began, working)
+        del working
         values = np.clip(refined * (high - low) + low, float(volume.min()), float(volume.max()))
         if nan_mask is not None and out.dtype.kind == "f":
             values[nearest_mask(nan_mask, geometry)] = np.nan
@@ -438,7 +440,7 @@ def compare_on_volume(source, path, out_path, axis, factor, settings, progress=N
     began = time.monotonic()
     working = slice_geometry.resample(scaled, geometry.working_shape())
     prepared = prepare_model(source, working, geometry, settings, began, progress)
-    model = refine(prepared.model, scaled, geometry, settings, progress, began) * (high - low) + low
+    model = refine(prepared.model, scaled, geometry, settings, progress, began, working) * (high - low) + low
     outputs = {name: np.clip(output, thick.min(), thick.max()) for name, output in
                (("cubic spline", cubic_spline(thick, axis, fine.shape[axis])), ("model", model))}
     results = {"file": os.path.basename(path), "slice_axis": axis, "factor": factor, "model_note": prepared.note,
