@@ -3,21 +3,26 @@
 Most clinical MRI is 2D multi-slice: fine pixels in the slice plane, thick
 slices.  The method is SMORE's idea with the seed's small ESPCN:
 
-- the degradation: a thick slice is a weighted mean of the fine slices it
-  covers (`thick_slice_weights`: a box, i.e. the plain mean of F slices with
-  no gap, or a Gaussian slice profile);
+- the degradation: a thick slice is the fine signal weighted by its slice
+  profile (slice_profiles.py: a box or Gaussian of the slice thickness, at
+  centres one spacing apart, gaps included);
+- the geometry (slice_geometry.py): the network refines by a whole factor F
+  on a working grid whose in-plane voxels are spacing / F; its estimate is
+  resampled onto the output grid;
 - the model upsamples rows only (modules.get_model_1d); a pretrained one per
   factor ships in pretrained/, trained by `train.py --through-plane-factor F`;
 - per-volume adaptation (`adapt`): the volume's own fine in-plane planes,
-  made thick along one in-plane direction, fine-tune the pretrained model for
-  the time the volume may take, or until its check crops stop improving;
+  made thick along one in-plane direction by the acquisition's own profile,
+  fine-tune the pretrained model for a number of steps fixed by the volume
+  (or until its check crops stop improving); the time budget only caps it;
 - inference (`estimate`): every plane that contains the slice axis, in both
   such orientations, with flips, averaged;
 - data consistency (`make_consistent`): the estimate is projected onto the
   volumes whose thick slices are exactly the input's, which can only bring it
   closer to the truth when the degradation is the right one;
-- the output lies on the exact fine grid: along the slice axis output voxel i
-  is centred at input coordinate (i + 0.5) / F - 0.5 (volumes.resampled_affine).
+- the output keeps the input's world extent: along the slice axis, of n input
+  and m output slices, output voxel i is centred at input coordinate
+  (i + 0.5) n / m - 0.5 (volumes.resampled_affine).
 
 The baseline is cubic B-spline interpolation along the slice axis
 (`cubic_spline`), what viewers and scanner consoles do.
