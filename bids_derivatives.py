@@ -21,6 +21,7 @@ import os
 import re
 
 import constants
+import provenance
 from atomic_files import write_json
 
 BIDS_VERSION = "1.9.0"
@@ -87,7 +88,7 @@ def method_label(tag):
 
 def carried_sidecar(source):
     """The source's sidecar fields that still hold for a super-resolved volume ({} when it has none)."""
-    path = re.sub(r"\.nii(\.gz)?$", ".json", source)
+    path = provenance.sidecar_path(source)
     try:
         with open(path, encoding="utf-8") as f:
             fields = json.load(f)

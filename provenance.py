@@ -19,7 +19,7 @@ SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
 
 
 def sidecar_path(volume_path):
-    """`<stem>.json` beside a volume file."""
+    """`<stem>.json` beside a volume file: where BIDS and dcm2niix keep a volume's sidecar, and ours go."""
     for suffix in SUFFIXES:
         if volume_path.lower().endswith(suffix):
             return volume_path[:-len(suffix)] + ".json"

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 import constants
+import provenance
 import slice_profiles
 
 
@@ -142,12 +143,8 @@ def read_geometry(zooms, shape, *, axis=None, factor=None, thickness=None, thick
 
 def sidecar_path(volume_path):
     """The BIDS sidecar JSON beside a NIfTI (<stem>.json), or None when there is none."""
-    name = os.path.basename(volume_path)
-    for suffix in (".nii.gz", ".nii", ".mgz", ".mgh"):
-        if name.lower().endswith(suffix):
-            path = os.path.join(os.path.dirname(volume_path), name[:-len(suffix)] + ".json")
-            return path if os.path.isfile(path) else None
-    return None
+    path = provenance.sidecar_path(volume_path)
+    return path if os.path.isfile(path) else None
 
 
 def sidecar_thickness(path):
