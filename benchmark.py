@@ -19,7 +19,8 @@ repeats of:
 then the end-to-end slices per second of `predict.py --input VOLUME.nii.gz` on
 a generated 64-slice 256x256 int16 NIfTI volume (reading and writing
 included; the library calls predict.py makes, in-process, so TensorFlow's start-up is
-excluded), and the per-epoch time of train.py's real input pipeline on the
+excluded), beside the bare model call's figure in slices of that size and
+the volume's fraction of it (issue 31: at least a third), and the per-epoch time of train.py's real input pipeline on the
 embedded data (pipeline alone, so one can see it never starves the model).
 With --json the last line printed is one JSON object with the results.
 """
@@ -251,6 +252,10 @@ def measure(args, directory):
         result["volume"] = f"{args.volume_slices} slices of {args.volume_size}x{args.volume_size}, int16, .nii.gz"
         result["volume_first_run_s"] = round(first, 2)
         result["volume_slices_per_s"] = round(args.volume_slices / warm, 1)
+        # The bare model call's figure in slices of the volume's size (the same output pixels a second),
+        # and the volume path's share of it: reading, scaling, converting and writing cost the rest.
+        result["model_slices_per_s"] = round(rates["model_infer"] * (args.input_size / args.volume_size) ** 2, 1)
+        result["volume_fraction_of_model"] = round(args.volume_slices / warm / result["model_slices_per_s"], 3)
     if not args.skip_pipeline:
         seconds, count = pipeline_epoch_seconds(args.data_dir, args.batch_size)
         result["pipeline_epoch_s"] = round(seconds, 2)
@@ -277,7 +282,9 @@ def print_report(result, args):
           f"{100 * result['infer_fraction_of_peak']:.0f}% of peak)")
     if "volume_slices_per_s" in result:
         print(f"predict.py on a NIfTI volume ({result['volume']}), reading and writing included: "
-              f"{result['volume_slices_per_s']} slices/s (first run {result['volume_first_run_s']} s)")
+              f"{result['volume_slices_per_s']} slices/s (first run {result['volume_first_run_s']} s); the bare model "
+              f"call {result['model_slices_per_s']} slices/s of that size, so the volume runs at "
+              f"{100 * result['volume_fraction_of_model']:.0f}% of the model's speed")
     if "pipeline_epoch_s" in result:
         print(f"input pipeline: one epoch ({result['pipeline_examples_per_epoch']} crops) in "
               f"{result['pipeline_epoch_s']} s; the model needs {result['model_epoch_s_at_measured_speed']} s "

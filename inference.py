@@ -203,7 +203,8 @@ def upscale_planes(model, planes, write, batch_size=None, tile=constants.TILE_SI
         model: an ESPCN: in-plane (any upscale factor) or through-plane (rows only).
         planes: array-like of n (h, w) planes in [0, 1], all finite; read one at a time.
         write: called as write(index, top, left, block) for every output block, where `block` is a float32
-            (rows, cols) array in [0, 1] and top/left are its position in the output plane `index`.
+            (rows, cols) array in [0, 1] (the callback's own: it may change it in place) and top/left are its
+            position in the output plane `index`.
         batch_size: model inputs per call (each view of the self-ensemble counts as one); None: as many as
             hold constants.PREDICT_BATCH_PIXELS input pixels.
         tile: planes of more than tile x tile pixels are cut into overlapping tiles of at most this side.

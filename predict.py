@@ -80,6 +80,8 @@ def add_input_output_flags(group):
     group.add_argument("--input", nargs="+", metavar="PATH",
                        help="low-resolution images / NIfTI volumes / folders of them to super-resolve")
     group.add_argument("--output-dir", default=constants.OUTPUT_DIR, help="where results are written")
+    group.add_argument("--gzip-level", type=int, choices=(0, 1, 2, 3), default=constants.GZIP_LEVEL,
+                       help="compression of .nii.gz and .mgz outputs (ISA-L's levels: 3 is smallest and slowest)")
     group.add_argument("--model", default=None,
                        help=f"a .keras model (default: <output-dir>/{constants.MODEL_FILENAME}, "
                             f"else {constants.PRETRAINED_MODEL})")
@@ -325,7 +327,7 @@ def write_volume(item, image, out, factors, outputs, tag, derivation, made_by, a
         if kind == "dicom":
             dicom_series.write_series(item, result, path, f" ESPCN {tag.replace('_', ' ')}", derivation)
         else:
-            volumes.save_image(result, path)
+            volumes.save_image(result, path, args.gzip_level)
             source = os.path.dirname(item.files[0]) if isinstance(item, dicom_series.Series) else item
             fields = provenance.record(source, factors=factors, input_image=image, output_image=result, **made_by)
             if args.bids:  # the source sidecar's fields that still hold, and Sources as a BIDS URI

@@ -2,12 +2,16 @@
 import json
 import os
 
+import gzip
+
+import nibabel as nib
 import numpy as np
 import pytest
 
 import constants
 import inference
 import modules
+import volumes
 from conftest import run_script, write_tree
 from tensorflow_env import keras
 
@@ -20,12 +24,15 @@ def test_benchmark_runs_and_prints_its_json(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("batch_size", "train_images_per_s", "infer_images_per_s", "model_infer_images_per_s", "precision",
-                "infer_precision", "matmul_peak_gflops", "volume_slices_per_s", "pipeline_epoch_s"):
+                "infer_precision", "matmul_peak_gflops", "volume_slices_per_s", "pipeline_epoch_s",
+                "model_slices_per_s", "volume_fraction_of_model"):
         assert key in report, key
     assert report["batch_size"] == 2 and report["precision"] == "float32"
     assert report["infer_precision"] == modules.choose_precision("auto")  # what predict.py serves on this machine
     assert report["train_images_per_s"] > 0 and report["infer_images_per_s"] > 0
     assert report["volume_slices_per_s"] > 0
+    assert report["volume_fraction_of_model"] == pytest.approx(
+        report["volume_slices_per_s"] / report["model_slices_per_s"], rel=0.02)
 
 
 @pytest.mark.parametrize("flags", [["--precision", "mixed_bfloat16"], ["--precision", "mixed_float16"], ["--jit", "on"]])
@@ -87,3 +94,35 @@ def test_auto_precision_on_every_kind_of_machine(monkeypatch, flags, gpu, expect
     assert modules.choose_precision("float32") == "float32"
     served = modules.inference_model(modules.get_model(2, filters=(4, 4, 4)), "auto")
     assert served.get_layer("conv1").dtype_policy.name == expected and served.output.dtype == "float32"
+
+
+@pytest.mark.parametrize("name, kind", [("out.nii.gz", nib.Nifti1Image), ("out.mgz", nib.MGHImage)])
+def test_gzipped_outputs_are_plain_gzip_of_nibabels_bytes_and_repeatable(tmp_path, name, kind):
+    # ISA-L writes them (volumes.write_image): zlib must read the very bytes nibabel would write uncompressed,
+    # with no file name in the gzip header (the temporary's would leak) and the same bytes on a second write.
+    rng = np.random.default_rng(0)
+    data = np.asfortranarray(rng.integers(-300, 3000, (37, 29, 11)).astype(np.int16))
+    image = kind(data, np.diag([0.5, 0.6, 2.0, 1.0]))
+    path = str(tmp_path / name)
+    volumes.save_image(image, path)
+    first = open(path, "rb").read()
+    assert gzip.decompress(first) == image.to_bytes()
+    assert not first[3] & 0x08  # FLG.FNAME unset
+    volumes.save_image(image, path)
+    assert open(path, "rb").read() == first
+    back = nib.load(path)
+    assert type(back) is kind and np.array_equal(np.asarray(back.dataobj), data)
+
+
+def test_in_plane_output_at_the_top_of_int32_does_not_wrap_around():
+    # float32 cannot hold int32's maximum (it rounds up to 2**31, which wraps to the minimum on casting);
+    # the writer's upper limit is the largest float32 below it.
+    top = np.iinfo(np.int32).max
+    data = np.full((12, 12, 3), top, np.int32)
+    data[3:9, 3:9] = top - 2_000_000
+    image = nib.Nifti1Image(data, np.eye(4))
+    model = modules.get_model(4)
+    bias = model.get_layer("conv4_linear").bias
+    bias.assign(np.full(bias.shape, 5.0, np.float32))  # outputs far above 1: clipped to the input's maximum
+    out = volumes.super_resolve_in_plane(model, image, data.astype(np.float32), 2)[0]
+    assert out.dtype == np.int32 and out.min() >= top - 2_000_000 - 256
