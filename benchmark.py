@@ -1,7 +1,7 @@
-"""Measure training and inference speed of the default ESPCN on this machine.
+"""Measure training and inference speed of the default ESPCN, and of the quality network, on this machine.
 
 usage: python benchmark.py [--batch-size 16] [--precision auto] [--predict-precision auto] [--jit auto]
-                           [--repeats 5] [--skip-volume] [--json]
+                           [--repeats 5] [--skip-volume] [--skip-quality] [--json]
 
 Reports, for 64x64 -> 256x256 x4 after warm-up, the median over several
 repeats of:
@@ -22,6 +22,8 @@ included; the library calls predict.py makes, in-process, so TensorFlow's start-
 excluded), beside the bare model call's figure in slices of that size and
 the volume's fraction of it (issue 31: at least a third), and the per-epoch time of train.py's real input pipeline on the
 embedded data (pipeline alone, so one can see it never starves the model).
+The quality network (`predict.py --model quality`) gets the same figures
+but the pipeline's, its JSON keys prefixed `quality_` (--skip-quality: not).
 With --json the last line printed is one JSON object with the results.
 """
 import json
@@ -61,6 +63,8 @@ def parse_args(argv=None):
     parser.add_argument("--volume-slices", type=positive_int, default=64, help="slices of the end-to-end NIfTI volume")
     parser.add_argument("--volume-size", type=positive_int, default=256, help="in-plane side of that volume, pixels")
     parser.add_argument("--skip-volume", action="store_true", help="do not time predict.py on a NIfTI volume")
+    parser.add_argument("--skip-quality", action="store_true",
+                        help="do not time the quality network (predict.py --model quality) beside the ESPCN")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return parser.parse_args(argv)
 
@@ -100,7 +104,7 @@ def time_repeats(run_once, repeats, images_per_run):
 
 def served_model(model, directory, precision):
     """The model as predict.py serves it: saved, then loaded by inference.load_model under `precision`."""
-    path = os.path.join(directory, constants.MODEL_FILENAME)
+    path = os.path.join(directory, f"{model.name}.keras")
     model.save(path)
     return inference.load_model(path, precision), path
 
@@ -113,12 +117,14 @@ def test_planes(data_dir, size):
     return dataset.downsample(dataset.to_unit_float(test.images), constants.UPSCALE_FACTOR).numpy()[..., 0]
 
 
-def benchmark_model(args, policy, directory):
+def benchmark_model(args, policy, directory, network="espcn"):
     """Median images/s of training, of predict.py's inference (both edge paths) and of the bare model call.
 
+    `network` is "espcn" or "quality" (untrained: the speed is the same).
     Returns (model, served model, its saved path, rates, jit, share of the planes served as trained).
     """
-    model = modules.get_model(constants.UPSCALE_FACTOR, dtype=policy)
+    build = modules.get_quality_model if network == "quality" else modules.get_model
+    model = build(constants.UPSCALE_FACTOR, dtype=policy)
     optimizer = modules.adam(constants.LEARNING_RATE, policy)
     strategy = tf.distribute.get_strategy()
     jit = modules.use_xla(args.jit, policy)
@@ -236,14 +242,33 @@ def measure(args, directory):
     forward = model_flops_per_image(model, args.input_size)
     result = {
         "machine": cpu_name(), "cpu_flags": cpu_speed_flags(), "tensorflow": tf.__version__, "precision": policy,
-        "jit": jit, "infer_precision": served.get_layer("conv1").dtype_policy.name, "batch_size": args.batch_size,
-        "input_size": args.input_size, "infer_planes_served_as_trained": round(as_trained, 3),
+        "jit": jit, "infer_precision": served.get_layer("conv4_linear").dtype_policy.name,
+        "batch_size": args.batch_size, "input_size": args.input_size,
+        "infer_planes_served_as_trained": round(as_trained, 3), "matmul_peak_gflops": round(peak, 1),
+        **network_figures(args, rates, forward, peak, model_path, directory)}
+    if not args.skip_quality:  # the quality network beside it (issue 30), its keys prefixed quality_
+        quality, _, quality_path, quality_rates, _, _ = benchmark_model(args, policy, directory, "quality")
+        figures = network_figures(args, quality_rates, model_flops_per_image(quality, args.input_size), peak,
+                                  quality_path, directory)
+        result.update({f"quality_{key}": value for key, value in figures.items() if key != "volume"})
+    if not args.skip_pipeline:
+        seconds, count = pipeline_epoch_seconds(args.data_dir, args.batch_size)
+        result["pipeline_epoch_s"] = round(seconds, 2)
+        result["pipeline_examples_per_epoch"] = count
+        patch_pixels = (constants.PATCH_SIZE // constants.UPSCALE_FACTOR) ** 2
+        result["model_epoch_s_at_measured_speed"] = round(
+            count * patch_pixels / args.input_size ** 2 / rates["train"], 2)
+    return result
+
+
+def network_figures(args, rates, forward, peak, model_path, directory):
+    """One network's figures: training, inference, GFLOP/s and, unless skipped, the NIfTI volume's."""
+    result = {
         "train_images_per_s": round(rates["train"], 1), "infer_images_per_s": round(rates["infer"], 1),
         "infer_mirror_images_per_s": round(rates["infer_mirror"], 1),
         "model_infer_images_per_s": round(rates["model_infer"], 1),
         "train_gflops": round(rates["train"] * 3 * forward / 1e9, 1),
         "infer_gflops": round(rates["model_infer"] * forward / 1e9, 1),
-        "matmul_peak_gflops": round(peak, 1),
     }
     result["train_fraction_of_peak"] = round(result["train_gflops"] / peak, 3)
     result["infer_fraction_of_peak"] = round(result["infer_gflops"] / peak, 3)
@@ -256,13 +281,6 @@ def measure(args, directory):
         # and the volume path's share of it: reading, scaling, converting and writing cost the rest.
         result["model_slices_per_s"] = round(rates["model_infer"] * (args.input_size / args.volume_size) ** 2, 1)
         result["volume_fraction_of_model"] = round(args.volume_slices / warm / result["model_slices_per_s"], 3)
-    if not args.skip_pipeline:
-        seconds, count = pipeline_epoch_seconds(args.data_dir, args.batch_size)
-        result["pipeline_epoch_s"] = round(seconds, 2)
-        result["pipeline_examples_per_epoch"] = count
-        patch_pixels = (constants.PATCH_SIZE // constants.UPSCALE_FACTOR) ** 2
-        result["model_epoch_s_at_measured_speed"] = round(
-            count * patch_pixels / args.input_size ** 2 / rates["train"], 2)
     return result
 
 
@@ -285,6 +303,13 @@ def print_report(result, args):
               f"{result['volume_slices_per_s']} slices/s (first run {result['volume_first_run_s']} s); the bare model "
               f"call {result['model_slices_per_s']} slices/s of that size, so the volume runs at "
               f"{100 * result['volume_fraction_of_model']:.0f}% of the model's speed")
+    if "quality_train_images_per_s" in result:
+        volume = (f"; the NIfTI volume {result['quality_volume_slices_per_s']} slices/s "
+                  f"({100 * result['quality_volume_fraction_of_model']:.0f}% of its bare model call's "
+                  f"{result['quality_model_slices_per_s']})" if "quality_volume_slices_per_s" in result else "")
+        print(f"quality network: train {result['quality_train_images_per_s']} img/s, predict.py's path "
+              f"{result['quality_infer_images_per_s']} img/s, bare model call "
+              f"{result['quality_model_infer_images_per_s']} img/s ({result['quality_infer_gflops']} GFLOP/s){volume}")
     if "pipeline_epoch_s" in result:
         print(f"input pipeline: one epoch ({result['pipeline_examples_per_epoch']} crops) in "
               f"{result['pipeline_epoch_s']} s; the model needs {result['model_epoch_s_at_measured_speed']} s "

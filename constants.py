@@ -43,6 +43,14 @@ UPSCALE_FACTOR = 4
 # Filters of the seed's three feature convolutions (ESPCN, Shi et al. 2016);
 # the pretrained model has these.  --filters trains a wider (slower) variant.
 FILTERS = (64, 64, 32)
+# The quality network (modules.get_quality_model, predict.py --model quality,
+# train.py --network quality): the width of its body and its residual blocks.
+# 64 and 4 are the size calibrated outside the project for issue 30 (320k
+# parameters x4, +0.2 dB over the ESPCN on real slices with the ESPCN's short
+# schedule, about 2.2x its time a training step); train.py --quality-filters
+# and --blocks override them.
+QUALITY_FILTERS = 64
+QUALITY_BLOCKS = 4
 
 # --- Training ---------------------------------------------------------------
 BATCH_SIZE = 16          # per replica; the global batch is this x replicas
@@ -98,6 +106,12 @@ MODEL_FILENAME = "espcn.keras"
 # Committed model, trained by train.py with the command in docs/training-recipe.md; predict.py
 # falls back to it when no freshly trained model exists at --model's default.
 PRETRAINED_MODEL = "pretrained/espcn_x4.keras"
+# The quality network's shipped in-plane model (predict.py --model quality) and
+# its through-plane ones (none shipped yet: see the README's Quality network).
+PRETRAINED_QUALITY = "pretrained/quality_x4.keras"
+PRETRAINED_QUALITY_THROUGH_PLANE = "pretrained/quality_through_x{factor}.keras"
+# The names predict.py --model takes besides a file: the shipped models of each network.
+NETWORKS = ("espcn", "quality")
 # A DICOM series is written back as NIfTI ("nifti"), as a new DICOM series
 # beside the original ("dicom", for PACS and viewers), or "both"; other inputs
 # are written in their own format.  predict.py --output-format.

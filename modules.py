@@ -1,4 +1,4 @@
-"""The ESPCN model (Shi et al. 2016) and its image-quality metrics.
+"""The ESPCN model (Shi et al. 2016), the quality network beside it, and their image-quality metrics.
 
 Three feature convolutions (64@5x5, 64@3x3, 32@3x3, relu, orthogonal init,
 same padding), a convolution to upscale^2 channels, and a sub-pixel
@@ -11,6 +11,15 @@ pixel gets no gradient again and stays black forever; each dead channel is one
 of the 16 sub-pixel phases, so the output gets a black dot on every 4x4 cell
 (2 of 16 died in a first run here).  A linear layer always passes gradient, so
 that failure cannot happen; outputs are clipped to [0, 1] when they are used.
+
+The quality network (`--model quality`, issue 30) is a residual network of
+the EDSR kind ending in the same sub-pixel layer: a 5x5 convolution, residual
+blocks of two 3x3 convolutions (relu between them, no batch normalisation,
+as EDSR), a 3x3 convolution with a skip over the whole body, a 3x3
+convolution to the sub-pixel channels, plus the input itself on every
+sub-pixel (nearest-neighbour upsampling, so the network learns only what
+nearest-neighbour misses).  Sizes in constants.QUALITY_FILTERS and
+QUALITY_BLOCKS; both kinds go through the same inference path.
 """
 import constants
 from tensorflow_env import keras, tf
@@ -109,6 +118,81 @@ def get_model_1d(upscale_factor, channels=1, filters=constants.FILTERS, dtype="f
                             dtype=dtype, name="conv4_linear")(x)
     x = DepthToSpace1D(upscale_factor, dtype=dtype, name="depth_to_space_1d")(x)
     return keras.Model(inputs, float32_output(x), name=f"espcn_1d_x{upscale_factor}")
+
+
+def get_quality_model(upscale_factor=constants.UPSCALE_FACTOR, channels=1, filters=constants.QUALITY_FILTERS,
+                      blocks=constants.QUALITY_BLOCKS, dtype="float32"):
+    """The quality network for `upscale_factor` in-plane (x r along rows and columns), any input size.
+
+    Args as get_model's; `filters` is the width of every convolution of the
+    body, `blocks` the number of residual blocks.
+    """
+    check_factor(upscale_factor)
+    inputs = keras.Input(shape=(None, None, channels), name="low_res")
+    x = residual_body(inputs, filters, blocks, dtype)
+    x = subpixel_channels(x, inputs, channels * upscale_factor ** 2, dtype)
+    x = DepthToSpace(upscale_factor, dtype=dtype, name="depth_to_space")(x)
+    return keras.Model(inputs, float32_output(x), name=f"quality_x{upscale_factor}")
+
+
+def get_quality_model_1d(upscale_factor, channels=1, filters=constants.QUALITY_FILTERS,
+                         blocks=constants.QUALITY_BLOCKS, dtype="float32"):
+    """The quality network upsampling rows only (through-plane), as get_model_1d is the ESPCN's."""
+    check_factor(upscale_factor)
+    inputs = keras.Input(shape=(None, None, channels), name="thick")
+    x = residual_body(inputs, filters, blocks, dtype)
+    x = subpixel_channels(x, inputs, channels * upscale_factor, dtype)
+    x = DepthToSpace1D(upscale_factor, dtype=dtype, name="depth_to_space_1d")(x)
+    return keras.Model(inputs, float32_output(x), name=f"quality_1d_x{upscale_factor}")
+
+
+def residual_body(inputs, filters, blocks, dtype):
+    """5x5 convolution, `blocks` residual blocks (3x3, relu, 3x3, plus the block's input), a 3x3 convolution
+    plus the first convolution's output (EDSR's body without batch normalisation or upsampling)."""
+    conv_args = {"kernel_initializer": "he_normal", "padding": "same", "dtype": dtype}
+    head = keras.layers.Conv2D(filters, 5, name="head_conv", **conv_args)(inputs)
+    x = head
+    for block in range(1, blocks + 1):
+        y = keras.layers.Conv2D(filters, 3, activation="relu", name=f"block{block}_conv1", **conv_args)(x)
+        y = keras.layers.Conv2D(filters, 3, name=f"block{block}_conv2", **conv_args)(y)
+        x = keras.layers.Add(dtype=dtype, name=f"block{block}_add")([x, y])
+    x = keras.layers.Conv2D(filters, 3, name="body_end_conv", **conv_args)(x)
+    return keras.layers.Add(dtype=dtype, name="body_skip")([head, x])
+
+
+def subpixel_channels(features, inputs, count, dtype):
+    """A 3x3 convolution to `count` sub-pixel channels, plus the input repeated on each of them (so that,
+    after the sub-pixel layer, the network adds to nearest-neighbour upsampling)."""
+    # zero-initialised, so training starts from nearest-neighbour upsampling: with he_normal here the first
+    # training loss was 50 (MSE on [0, 1]) and the first few hundred steps went to undoing it
+    x = keras.layers.Conv2D(count, 3, padding="same", kernel_initializer="zeros", dtype=dtype,
+                            name="conv4_linear")(features)
+    repeated = inputs if count == inputs.shape[-1] else \
+        keras.layers.Concatenate(dtype=dtype, name="input_on_every_subpixel")([inputs] * (count // inputs.shape[-1]))
+    return keras.layers.Add(dtype=dtype, name="plus_nearest")([x, repeated])
+
+
+def network_of(model):
+    """"quality" or "espcn": which of this project's networks a model is, from its layers' names."""
+    names = {layer.name for layer in model.layers}
+    if "head_conv" in names:
+        return "quality"
+    missing = [name for name in ("conv1", "conv2", "conv3", "conv4_linear") if name not in names]
+    if missing:
+        raise ValueError(f"model {model.name} is not this project's ESPCN or quality network "
+                         f"(no layer {missing[0]})")
+    return "espcn"
+
+
+def network_description(model):
+    """The network in words for notes and provenance ("ESPCN 64,64,32", "quality 64x4 blocks")."""
+    if network_of(model) == "quality":
+        return f"quality network {model.get_layer('head_conv').filters} filters, {quality_blocks(model)} blocks"
+    return "ESPCN " + ",".join(str(model.get_layer(name).filters) for name in ("conv1", "conv2", "conv3"))
+
+
+def quality_blocks(model):
+    return sum(1 for layer in model.layers if layer.name.startswith("block") and layer.name.endswith("_add"))
 
 
 def check_factor(upscale_factor):
@@ -307,22 +391,22 @@ def inference_model(model, precision=constants.PREDICT_PRECISION):
     33.5537 dB (-0.012 dB), largest pixel difference 0.013 on [0, 1].
 
     Args:
-        model: an ESPCN made by get_model or get_model_1d (any policy, any factor).
+        model: an ESPCN or quality network made by get_model, get_model_1d, get_quality_model or
+            get_quality_model_1d (any policy, any factor).
         precision: a --precision value (choose_precision: "auto", "float32", "mixed_bfloat16",
             "mixed_float16").
 
     Returns:
         A new model with the same weights (copied layer by layer, by name).
     """
-    names = {layer.name for layer in model.layers}
-    missing = [name for name in ("conv1", "conv2", "conv3", "conv4_linear") if name not in names]
-    if missing:
-        raise ValueError(f"model {model.name} is not this project's ESPCN (no layer {missing[0]})")
-    filters = tuple(model.get_layer(name).filters for name in ("conv1", "conv2", "conv3"))
     one_d = through_plane_factor(model)
-    build = get_model_1d if one_d else get_model
-    rebuilt = build(one_d or model_upscale_factor(model), model.input_shape[-1], filters,
-                    dtype=choose_precision(precision))
+    factor, channels, policy = one_d or model_upscale_factor(model), model.input_shape[-1], choose_precision(precision)
+    if network_of(model) == "quality":
+        build = get_quality_model_1d if one_d else get_quality_model
+        rebuilt = build(factor, channels, model.get_layer("head_conv").filters, quality_blocks(model), dtype=policy)
+    else:
+        filters = tuple(model.get_layer(name).filters for name in ("conv1", "conv2", "conv3"))
+        rebuilt = (get_model_1d if one_d else get_model)(factor, channels, filters, dtype=policy)
     copy_weights(model, rebuilt)
     return rebuilt
 

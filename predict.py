@@ -83,8 +83,9 @@ def add_input_output_flags(group):
     group.add_argument("--gzip-level", type=int, choices=(0, 1, 2, 3), default=constants.GZIP_LEVEL,
                        help="compression of .nii.gz and .mgz outputs (ISA-L's levels: 3 is smallest and slowest)")
     group.add_argument("--model", default=None,
-                       help=f"a .keras model (default: <output-dir>/{constants.MODEL_FILENAME}, "
-                            f"else {constants.PRETRAINED_MODEL})")
+                       help="espcn (the shipped ESPCN), quality (the shipped quality network: slower, sharper; "
+                            f"README, Quality network) or a .keras file; default: <output-dir>/"
+                            f"{constants.MODEL_FILENAME} if train.py made one, else the shipped ESPCN")
     group.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
                        default=constants.PREDICT_PRECISION,
                        help="auto: mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, mixed_float16 on GPUs, else float32")
@@ -181,14 +182,30 @@ def uid_root(text):
 # --- Model -------------------------------------------------------------------
 
 def resolve_model_path(model_arg, output_dir):
-    """The model file to load, and a word on where it came from."""
+    """The model file to load, and a word on where it came from.
+
+    --model espcn or quality names a shipped network; a path is taken as it
+    is; without --model, a model trained into --output-dir, else the shipped
+    ESPCN.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if model_arg in constants.NETWORKS:
+        path = os.path.join(here, constants.PRETRAINED_QUALITY if model_arg == "quality" else
+                            constants.PRETRAINED_MODEL)
+        if not os.path.isfile(path):
+            raise ValueError(f"--model {model_arg}: its shipped file {os.path.relpath(path, here)} is missing")
+        return path, f"the shipped {model_arg} network"
     if model_arg:
         return model_arg, "given by --model"
     trained = os.path.join(output_dir, constants.MODEL_FILENAME)
     if os.path.exists(trained):
         return trained, "freshly trained"
-    here = os.path.dirname(os.path.abspath(__file__))
     return os.path.join(here, constants.PRETRAINED_MODEL), "pretrained, shipped with the project"
+
+
+def network_name(model):
+    """"ESPCN" or "Quality network": what a DICOM DerivationDescription calls the network."""
+    return "ESPCN" if modules.network_of(model) == "espcn" else "Quality network"
 
 
 # --- The user's own files ----------------------------------------------------------
@@ -349,10 +366,10 @@ def super_resolve_volume(model, item, args, guard):
                                                            ensemble_for("nifti", args), args.edges)
     # in-plane, the slices are the source's: its SliceThickness holds (through-plane writes the new spacing)
     derivation = dicom_series.Derivation(
-        f"ESPCN x{factor} in-plane super-resolution ({constants.PROJECT_NAME} {constants.VERSION}, model "
+        f"{network_name(model)} x{factor} in-plane super-resolution ({constants.PROJECT_NAME} {constants.VERSION}, model "
         f"{os.path.basename(args.model_file)})", os.path.basename(args.model_file),
         dicom_series.slice_thickness(item) if isinstance(item, dicom_series.Series) else None, args.uid_root)
-    made_by = {"model_path": args.model_file, "network": f"ESPCN x{factor} in-plane",
+    made_by = {"model_path": args.model_file, "network": f"{modules.network_description(model)} x{factor} in-plane",
                "settings": {"Precision": modules.choose_precision(args.precision),
                             "Ensemble": ensemble_for("nifti", args), "Edges": args.edges, "SliceAxis": args.axis},
                "slice_thickness": [derivation.slice_thickness or float(image.header.get_zooms()[args.axis])] * 2}
@@ -387,14 +404,15 @@ def refine_through_plane(source, item, args, guard):
         outputs = claim_outputs(item, tag, args, guard)
         out, prepared, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, geometry,
                                                                                 settings, progress)
-    model_file = os.path.basename(args.model or through_plane.pretrained_path(geometry.factor))
+    model_path = source.path_for(geometry.factor)
+    model_file = os.path.basename(model_path)
     derivation = dicom_series.Derivation(
-        f"ESPCN through-plane super-resolution: slices {geometry.spacing:.4g} mm apart and {geometry.thickness:.4g} "
+        f"{network_name(prepared.model)} through-plane super-resolution: slices {geometry.spacing:.4g} mm apart and {geometry.thickness:.4g} "
         f"mm thick refined to {geometry.output_spacing():.4g} mm ({constants.PROJECT_NAME} {constants.VERSION}, "
         f"model {model_file}{', adapted to this volume' if prepared.steps else ''})", model_file,
         geometry.output_spacing(), args.uid_root)  # each new slice stands for its own spacing (docs/dicom.md)
-    made_by = {"model_path": args.model or through_plane.pretrained_path(geometry.factor),
-               "network": f"ESPCN-1D x{geometry.factor} through-plane",
+    made_by = {"model_path": model_path,
+               "network": f"{modules.network_description(prepared.model)} x{geometry.factor} through-plane",
                "settings": {"Precision": modules.choose_precision(args.precision), "Ensemble": settings.flips,
                             "Edges": args.edges, "SliceAxis": geometry.axis, "SliceProfile": settings.profile,
                             "ThicknessSource": geometry.thickness_source,

@@ -79,9 +79,16 @@ def cubic_spline(volume, axis, n_out):
 
 # --- Models ----------------------------------------------------------------------------
 
-def pretrained_path(factor):
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.join(here, constants.PRETRAINED_THROUGH_PLANE.format(factor=factor))
+def pretrained_name(factor, network="espcn"):
+    """The shipped through-plane model of `network` ("espcn" or "quality") for `factor`, relative to the project."""
+    pattern = constants.PRETRAINED_QUALITY_THROUGH_PLANE if network == "quality" else \
+        constants.PRETRAINED_THROUGH_PLANE
+    return pattern.format(factor=factor)
+
+
+def pretrained_path(factor, network="espcn"):
+    """pretrained_name's file (it may not exist)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), pretrained_name(factor, network))
 
 
 def load_model_1d(path, factor=None, precision="float32"):
@@ -97,28 +104,40 @@ def load_model_1d(path, factor=None, precision="float32"):
 
 
 class ModelSource:
-    """The starting model for a factor: --model if given, else the shipped pretrained one (or none).
+    """The starting model for a factor: a --model file if given, else the shipped one of the network named.
 
-    Models are served in `precision` (predict.py's --precision; auto is
-    bfloat16 on CPUs with AVX-512 BF16 or AMX).  On the template's --compare
-    without adaptation (2-core AMD EPYC with AVX-512 BF16): x4 34.7926 dB in
-    bfloat16 against 34.7954 in float32, x3 36.7712 against 36.7684, in
-    4.4 / 5.4 s against 8.0 / 9.2 s.
+    `model` is predict.py's --model: None or "espcn" (the shipped ESPCNs),
+    "quality" (the shipped quality networks: a factor without one is refused),
+    or a .keras file.  Models are served in `precision` (predict.py's
+    --precision; auto is bfloat16 on CPUs with AVX-512 BF16 or AMX).  On the
+    template's --compare without adaptation (2-core AMD EPYC with AVX-512
+    BF16): x4 34.7926 dB in bfloat16 against 34.7954 in float32, x3 36.7712
+    against 36.7684, in 4.4 / 5.4 s against 8.0 / 9.2 s.
     """
 
-    def __init__(self, model_path=None, precision=constants.PREDICT_PRECISION):
-        self.model_path, self.precision = model_path, precision
+    def __init__(self, model=None, precision=constants.PREDICT_PRECISION):
+        named = model is None or model in constants.NETWORKS
+        self.network = (model or "espcn") if named else None
+        self.model_path, self.precision = (None if named else model), precision
         self.cache = {}
 
+    def path_for(self, factor):
+        """The model file for `factor`: the --model file, or the shipped one (which may not exist)."""
+        return self.model_path or pretrained_path(factor, self.network)
+
     def starting_model(self, factor):
-        """(model or None when no pretrained model covers `factor`, a word on where it came from)."""
+        """(model or None when no shipped ESPCN covers `factor`, a word on where it came from)."""
         if factor not in self.cache:
+            path = self.path_for(factor)
             if self.model_path:
-                self.cache[factor] = (load_model_1d(self.model_path, factor, self.precision),
-                                      f"--model {self.model_path}")
-            elif os.path.isfile(pretrained_path(factor)):
-                self.cache[factor] = (load_model_1d(pretrained_path(factor), factor, self.precision),
-                                      f"pretrained {constants.PRETRAINED_THROUGH_PLANE.format(factor=factor)}")
+                self.cache[factor] = (load_model_1d(path, factor, self.precision), f"--model {path}")
+            elif os.path.isfile(path):
+                self.cache[factor] = (load_model_1d(path, factor, self.precision),
+                                      f"pretrained {pretrained_name(factor, self.network)}")
+            elif self.network == "quality":
+                raise ValueError(f"--model quality: no quality network is shipped for x{factor} through-plane "
+                                 f"({pretrained_name(factor, 'quality')}); use --model espcn (the default) or a model trained "
+                                 f"with train.py --network quality --through-plane-factor {factor}")
             else:
                 self.cache[factor] = (None, "no pretrained model for this factor")
         return self.cache[factor]
@@ -206,9 +225,9 @@ def adapt(start, planes, factor, thickness_ratio, *, steps, deadline, settings, 
     policy = modules.choose_precision(precision)
     tf.config.experimental.enable_op_determinism()  # kernels that could sum in a varying order no longer do
     keras.utils.set_random_seed(settings.seed)  # a model trained from scratch starts from the same weights
-    model = modules.get_model_1d(factor, dtype=policy)
-    if start is not None:
-        model.set_weights(start.get_weights())
+    # a copy of the starting network (ESPCN or quality) to train, or a fresh ESPCN
+    model = modules.inference_model(start, precision) if start is not None else \
+        modules.get_model_1d(factor, dtype=policy)
     base_rate = settings.learning_rate if start is not None else constants.ADAPT_SCRATCH_LEARNING_RATE
     optimizer = modules.adam(base_rate, policy)
     step = modules.make_train_step(model, optimizer, tf.distribute.get_strategy(), jit=False)

@@ -84,6 +84,13 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=constants.SEED, help="fixes the split, crops and augmentation")
     parser.add_argument("--upscale-factor", type=upscale_factor, default=constants.UPSCALE_FACTOR,
                         help="2 to 8; the pretrained model and reported results are x4")
+    parser.add_argument("--network", choices=("espcn", "quality"), default="espcn",
+                        help="espcn: the seed's ESPCN (3 convolutions); quality: the residual network beside it "
+                             "(predict.py --model quality; README, Quality network)")
+    parser.add_argument("--quality-filters", type=positive_int, default=constants.QUALITY_FILTERS,
+                        help="--network quality: the width of its body")
+    parser.add_argument("--blocks", type=positive_int, default=constants.QUALITY_BLOCKS,
+                        help="--network quality: its residual blocks")
     parser.add_argument("--filters", type=filter_counts, default=constants.FILTERS, metavar="N,N,N",
                         help="the three feature convolutions' filters (the seed's ESPCN: 64,64,32); a wider model is "
                              "slower to train and to use")
@@ -182,6 +189,9 @@ def run_settings(args, policy, jit, replicas, split):
         "extra training files": backups.files_fingerprint(extra) if extra else None,
         "--seed": args.seed, "--upscale-factor": args.upscale_factor, "--target-size": args.target_size,
         "--through-plane-factor": args.through_plane_factor, "--filters": list(args.filters),
+        "--network": args.network if args.network != "espcn" else None,
+        "--quality-filters": args.quality_filters if args.network == "quality" else None,
+        "--blocks": args.blocks if args.network == "quality" else None,
         "--thickness-ratios": list(args.thickness_ratios) if args.thickness_ratios != [1.0] else None,
         "--init-model": backups.files_fingerprint([args.init_model]) if args.init_model else None,
         "--patch-size": args.patch_size, "--patches-per-image": args.patches_per_image,
@@ -340,9 +350,7 @@ def build_model(args, run, plan):
     """The model (x upscale in both directions, or the 1-D through-plane one) and its optimizer, made (and the
     optimizer's slots built) under the strategy's scope."""
     with run.strategy.scope():
-        model = modules.get_model_1d(args.through_plane_factor, filters=args.filters, dtype=run.policy) \
-            if args.through_plane_factor else modules.get_model(args.upscale_factor, filters=args.filters,
-                                                                dtype=run.policy)
+        model = new_model(args, run.policy)
         if args.init_model:
             start = read_init_model(args.init_model)
             try:
@@ -352,6 +360,16 @@ def build_model(args, run, plan):
         optimizer = make_optimizer(args, plan.steps, run.replicas, run.policy)
         optimizer.build(model.trainable_variables)
     return model, optimizer
+
+
+def new_model(args, policy):
+    """The untrained network train.py's flags ask for: ESPCN or quality, in-plane or through-plane."""
+    factor = args.through_plane_factor or args.upscale_factor
+    if args.network == "quality":
+        build = modules.get_quality_model_1d if args.through_plane_factor else modules.get_quality_model
+        return build(factor, filters=args.quality_filters, blocks=args.blocks, dtype=policy)
+    build = modules.get_model_1d if args.through_plane_factor else modules.get_model
+    return build(factor, filters=args.filters, dtype=policy)
 
 
 def read_init_model(path):

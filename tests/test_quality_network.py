@@ -1,0 +1,118 @@
+"""The quality network (issue 30): built, saved, served and trained through the same path as the ESPCN."""
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import inference
+import modules
+import through_plane
+from conftest import run_script, write_tree
+from tensorflow_env import keras
+
+
+def small_quality(factor=4, one_d=False, blocks=2, dtype="float32"):
+    """A narrow quality network whose last convolution is random (it starts at zero: nearest-neighbour)."""
+    build = modules.get_quality_model_1d if one_d else modules.get_quality_model
+    model = build(factor, filters=8, blocks=blocks, dtype=dtype)
+    layer = model.get_layer("conv4_linear")
+    rng = np.random.default_rng(factor + blocks)
+    layer.set_weights([rng.normal(0, 0.2, w.shape).astype(np.float32) for w in layer.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("one_d", [False, True])
+def test_quality_network_shapes_radius_and_safe_mode_round_trip(tmp_path, one_d):
+    keras.utils.set_random_seed(3)
+    model = small_quality(3, one_d)
+    x = np.random.default_rng(0).random((2, 9, 13, 1), dtype=np.float32)
+    out = model(x).numpy()
+    assert out.shape == ((2, 27, 13, 1) if one_d else (2, 27, 39, 1))
+    assert modules.network_of(model) == "quality" and modules.upscale_factors(model) == ((3, 1) if one_d else (3, 3))
+    assert inference.receptive_radius(model) == 2 + 2 * 2 + 1 + 1  # 5x5, two blocks of two 3x3, 3x3, 3x3
+    path = str(tmp_path / "q.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_array_equal(loaded(x).numpy(), out)
+
+
+def test_the_quality_network_adds_to_nearest_neighbour_upsampling():
+    # with its last convolution zeroed, the network's output is its input, each pixel repeated r x r
+    model = small_quality(4)
+    layer = model.get_layer("conv4_linear")
+    layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    x = np.random.default_rng(1).random((1, 5, 7, 1), dtype=np.float32)
+    np.testing.assert_allclose(model(x).numpy()[0, ..., 0], np.kron(x[0, ..., 0], np.ones((4, 4))), atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_quality_network_is_served_in_any_precision_with_its_weights(precision):
+    keras.utils.set_random_seed(4)
+    model = small_quality(4, blocks=3)
+    served = modules.inference_model(model, precision)
+    assert modules.network_of(served) == "quality" and modules.quality_blocks(served) == 3
+    assert served.get_layer("head_conv").dtype_policy.name == precision
+    x = np.random.default_rng(2).random((2, 10, 12, 1), dtype=np.float32)
+    reference = model(x).numpy()
+    tolerance = 0 if precision == "float32" else 0.03 * np.abs(reference).max()
+    assert np.abs(served(x).numpy() - reference).max() <= tolerance
+
+
+@pytest.mark.parametrize("edges", ["trained", "mirror"])
+def test_quality_tiles_and_edges_give_the_whole_plane_result(edges):
+    # the tile margin is the receptive radius: too small a margin would change pixels near tile seams
+    keras.utils.set_random_seed(5)
+    model = small_quality(4, blocks=2)
+    plane = np.random.default_rng(6).random((41, 47)).astype(np.float32)
+    whole = inference.upscale_stack(model, plane[None], tile=64, edges=edges)[0]
+    for tile, batch in ((9, 3), (20, 1)):
+        tiled = inference.upscale_stack(model, plane[None], batch_size=batch, tile=tile, edges=edges)[0]
+        np.testing.assert_allclose(tiled, whole, atol=2e-5)  # a margin one pixel short: ~0.1
+
+
+def test_adaptation_trains_a_copy_of_a_quality_start_model():
+    keras.utils.set_random_seed(8)
+    start = small_quality(3, one_d=True)
+    planes = np.random.default_rng(9).random((6, 30, 30)).astype(np.float32)
+    settings = through_plane.Settings(seconds=60)
+    before = [w.copy() for w in start.get_weights()]
+    model, done, _ = through_plane.adapt(start, planes, 3, 1.0, steps=5, deadline=float("inf"), settings=settings,
+                                        precision="float32")
+    assert done == 5 and modules.network_of(model) == "quality" and model is not start
+    assert all(np.array_equal(a, b) for a, b in zip(start.get_weights(), before))  # the cached start is untouched
+    assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
+
+
+def test_train_quality_then_predict_with_it_and_refuse_a_missing_shipped_through_plane_model(tmp_path):
+    data = write_tree(tmp_path / "AD_NC", n_train=4, n_test=1)
+    out = tmp_path / "out"
+    trained = run_script("train.py", "--network", "quality", "--quality-filters", "8", "--blocks", "1",
+                         "--data-dir", data, "--output-dir", str(out), "--epochs", "1", "--batch-size", "2",
+                         "--patch-size", "32")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    model = keras.models.load_model(str(out / "espcn.keras"), safe_mode=True, compile=False)
+    assert modules.network_of(model) == "quality" and modules.quality_blocks(model) == 1
+
+    volume = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).integers(0, 900, (12, 10, 3)).astype(np.int16),
+                             np.eye(4)), str(volume))
+    results = tmp_path / "results"
+    done = run_script("predict.py", "--input", str(volume), "--output-dir", str(results),
+                      "--model", str(out / "espcn.keras"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert nib.load(str(results / "head_x4.nii.gz")).shape == (48, 40, 3)
+    sidecar = json.loads((results / "head_x4.json").read_text())
+    assert "quality network" in json.dumps(sidecar)
+
+    refused = run_script("predict.py", "--input", str(volume), "--output-dir", str(results), "--through-plane",
+                         "--model", "quality", "--through-plane-factor", "3", "--slice-thickness", "3")
+    lines = refused.stderr.strip().splitlines()
+    shipped = os.path.isfile(through_plane.pretrained_path(3, "quality"))
+    if shipped:  # then it is used
+        assert refused.returncode == 0, refused.stderr[-3000:]
+    else:
+        # one line for the input, and run_on_inputs' count of failed inputs
+        assert refused.returncode != 0 and "quality_through_x3.keras" in lines[0], refused.stderr
+        assert lines[1:] == ["1 of 1 inputs failed"] and "Traceback" not in refused.stderr
