@@ -20,8 +20,8 @@ then the end-to-end slices per second of `predict.py --input VOLUME.nii.gz` on
 a generated 64-slice 256x256 int16 NIfTI volume (reading and writing
 included; the library calls predict.py makes, in-process, so TensorFlow's start-up is
 excluded), beside the bare model call's figure in slices of that size and
-the volume's fraction of it (issue 31: at least a third), and the per-epoch time of train.py's real input pipeline on the
-embedded data (pipeline alone, so one can see it never starves the model).
+the volume's fraction of it (issue 31: at least a third), and the per-epoch
+time of train.py's real input pipeline on the embedded data (pipeline alone, so one can see it never starves the model).
 The quality network (`predict.py --model quality`) gets the same figures
 but the pipeline's, its JSON keys prefixed `quality_` (--skip-quality: not).
 With --json the last line printed is one JSON object with the results.

@@ -366,8 +366,8 @@ def super_resolve_volume(model, item, args, guard):
                                                            ensemble_for("nifti", args), args.edges)
     # in-plane, the slices are the source's: its SliceThickness holds (through-plane writes the new spacing)
     derivation = dicom_series.Derivation(
-        f"{network_name(model)} x{factor} in-plane super-resolution ({constants.PROJECT_NAME} {constants.VERSION}, model "
-        f"{os.path.basename(args.model_file)})", os.path.basename(args.model_file),
+        f"{network_name(model)} x{factor} in-plane super-resolution ({constants.PROJECT_NAME} "
+        f"{constants.VERSION}, model {os.path.basename(args.model_file)})", os.path.basename(args.model_file),
         dicom_series.slice_thickness(item) if isinstance(item, dicom_series.Series) else None, args.uid_root)
     made_by = {"model_path": args.model_file, "network": f"{modules.network_description(model)} x{factor} in-plane",
                "settings": {"Precision": modules.choose_precision(args.precision),
@@ -407,9 +407,10 @@ def refine_through_plane(source, item, args, guard):
     model_path = source.path_for(geometry.factor)
     model_file = os.path.basename(model_path)
     derivation = dicom_series.Derivation(
-        f"{network_name(prepared.model)} through-plane super-resolution: slices {geometry.spacing:.4g} mm apart and {geometry.thickness:.4g} "
-        f"mm thick refined to {geometry.output_spacing():.4g} mm ({constants.PROJECT_NAME} {constants.VERSION}, "
-        f"model {model_file}{', adapted to this volume' if prepared.steps else ''})", model_file,
+        f"{network_name(prepared.model)} through-plane super-resolution: slices {geometry.spacing:.4g} mm apart "
+        f"and {geometry.thickness:.4g} mm thick refined to {geometry.output_spacing():.4g} mm "
+        f"({constants.PROJECT_NAME} {constants.VERSION}, model {model_file}"
+        f"{', adapted to this volume' if prepared.steps else ''})", model_file,
         geometry.output_spacing(), args.uid_root)  # each new slice stands for its own spacing (docs/dicom.md)
     made_by = {"model_path": model_path,
                "network": f"{modules.network_description(prepared.model)} x{geometry.factor} through-plane",

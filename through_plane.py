@@ -136,8 +136,8 @@ class ModelSource:
                                       f"pretrained {pretrained_name(factor, self.network)}")
             elif self.network == "quality":
                 raise ValueError(f"--model quality: no quality network is shipped for x{factor} through-plane "
-                                 f"({pretrained_name(factor, 'quality')}); use --model espcn (the default) or a model trained "
-                                 f"with train.py --network quality --through-plane-factor {factor}")
+                                 f"({pretrained_name(factor, 'quality')}); use --model espcn (the default) or a "
+                                 f"model trained with train.py --network quality --through-plane-factor {factor}")
             else:
                 self.cache[factor] = (None, "no pretrained model for this factor")
         return self.cache[factor]
