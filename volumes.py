@@ -158,9 +158,19 @@ def to_stored(values, image, dtype):
     slope, inter = scaling_of(image)
     raw = (values - inter) / slope if (slope, inter) != (1.0, 0.0) else values
     if np.dtype(dtype).kind in "iu":
-        limits = np.iinfo(dtype)
-        raw = np.clip(np.round(raw), limits.min, limits.max)
+        raw = np.clip(np.round(raw), *integer_range(dtype))
     return raw.astype(dtype, copy=False)
+
+
+def integer_range(dtype):
+    """(min, max) of an integer type as floats that cast back to it without wrapping round.
+
+    float32 cannot hold int32's maximum: it rounds up to 2**31, which casts
+    to int32's minimum; the largest float32 below it is taken instead.
+    """
+    limits = np.iinfo(dtype)
+    top = np.float32(limits.max)
+    return float(limits.min), float(np.nextafter(top, np.float32(0)) if int(top) > limits.max else top)
 
 
 def scaling_of(image):
@@ -287,8 +297,8 @@ def plane_writer(image, out_planes, volume, scaled_range, nan_mask, axis, factor
     bounds = sorted(((float(volume.min()) - inter) / slope, (float(volume.max()) - inter) / slope))
     integer = out_planes.dtype.kind in "iu"
     if integer:
-        bounds = [max(bounds[0], float(np.iinfo(out_planes.dtype).min)),
-                  min(bounds[1], largest_float32_below(np.iinfo(out_planes.dtype).max))]
+        low_limit, high_limit = integer_range(out_planes.dtype)
+        bounds = [max(bounds[0], low_limit), min(bounds[1], high_limit)]
     nan_planes = None if nan_mask is None else np.moveaxis(nan_mask, axis, 0)
     keeps_nan = out_planes.dtype.kind == "f"
 
@@ -318,12 +328,6 @@ def store_in_strips(target, values):
     """target[...] = values (cast to target's type), STRIP_ROWS rows at a time."""
     for row in range(0, values.shape[0], STRIP_ROWS):
         target[row:row + STRIP_ROWS] = values[row:row + STRIP_ROWS]
-
-
-def largest_float32_below(limit):
-    """The largest float32 not above the integer `limit` (int32's maximum rounds up to 2**31 in float32)."""
-    value = np.float32(limit)
-    return float(np.nextafter(value, np.float32(0)) if int(value) > limit else value)
 
 
 def middle_plane(data, axis):

@@ -129,3 +129,10 @@ def test_in_plane_output_at_the_top_of_int32_does_not_wrap_around():
     bias.assign(np.full(bias.shape, 5.0, np.float32))  # outputs far above 1: clipped to the input's maximum
     out = volumes.super_resolve_in_plane(model, image, data.astype(np.float32), 2)[0]
     assert out.dtype == np.int32 and out.min() >= top - 2_000_000 - 256
+
+
+def test_stored_values_at_the_top_of_int32_do_not_wrap_around():
+    # to_stored (through-plane's writer) shares the in-plane writer's limits: float32 2**31 must not become -2**31
+    image = nib.Nifti1Image(np.zeros((2, 2, 2), np.int32), np.eye(4))
+    stored = volumes.to_stored(np.array([2.0 ** 31, -2.0 ** 31 - 1e3, 5.4], np.float32), image, np.int32)
+    assert stored[0] > 2 ** 31 - 200 and stored[1] == np.iinfo(np.int32).min and stored[2] == 5
