@@ -123,8 +123,7 @@ def benchmark_model(args, policy, directory, network="espcn"):
     `network` is "espcn" or "quality" (untrained: the speed is the same).
     Returns (model, served model, its saved path, rates, jit, share of the planes served as trained).
     """
-    build = modules.get_quality_model if network == "quality" else modules.get_model
-    model = build(constants.UPSCALE_FACTOR, dtype=policy)
+    model = modules.build_network(network, constants.UPSCALE_FACTOR, dtype=policy)
     optimizer = modules.adam(constants.LEARNING_RATE, policy)
     strategy = tf.distribute.get_strategy()
     jit = modules.use_xla(args.jit, policy)

@@ -172,6 +172,20 @@ def subpixel_channels(features, inputs, count, dtype):
     return keras.layers.Add(dtype=dtype, name="plus_nearest")([x, repeated])
 
 
+def build_network(network, factor, through_plane=False, channels=1, filters=None, blocks=None, dtype="float32"):
+    """A new, untrained network of either kind: "espcn" or "quality", in-plane or through-plane (1-D).
+
+    `filters` is the ESPCN's three counts or the quality network's width, `blocks` the quality network's
+    residual blocks; None takes constants' defaults.
+    """
+    if network == "quality":
+        build = get_quality_model_1d if through_plane else get_quality_model
+        return build(factor, channels, filters or constants.QUALITY_FILTERS, blocks or constants.QUALITY_BLOCKS,
+                     dtype=dtype)
+    return (get_model_1d if through_plane else get_model)(factor, channels, filters or constants.FILTERS,
+                                                          dtype=dtype)
+
+
 def network_of(model):
     """"quality" or "espcn": which of this project's networks a model is, from its layers' names."""
     names = {layer.name for layer in model.layers}
@@ -185,7 +199,7 @@ def network_of(model):
 
 
 def network_description(model):
-    """The network in words for notes and provenance ("ESPCN 64,64,32", "quality 64x4 blocks")."""
+    """The network in words for notes and provenance ("ESPCN 64,64,32", "quality network 64 filters, 4 blocks")."""
     if network_of(model) == "quality":
         return f"quality network {model.get_layer('head_conv').filters} filters, {quality_blocks(model)} blocks"
     return "ESPCN " + ",".join(str(model.get_layer(name).filters) for name in ("conv1", "conv2", "conv3"))
@@ -401,12 +415,12 @@ def inference_model(model, precision=constants.PREDICT_PRECISION):
     """
     one_d = through_plane_factor(model)
     factor, channels, policy = one_d or model_upscale_factor(model), model.input_shape[-1], choose_precision(precision)
-    if network_of(model) == "quality":
-        build = get_quality_model_1d if one_d else get_quality_model
-        rebuilt = build(factor, channels, model.get_layer("head_conv").filters, quality_blocks(model), dtype=policy)
+    network = network_of(model)
+    if network == "quality":
+        filters, blocks = model.get_layer("head_conv").filters, quality_blocks(model)
     else:
-        filters = tuple(model.get_layer(name).filters for name in ("conv1", "conv2", "conv3"))
-        rebuilt = (get_model_1d if one_d else get_model)(factor, channels, filters, dtype=policy)
+        filters, blocks = tuple(model.get_layer(name).filters for name in ("conv1", "conv2", "conv3")), None
+    rebuilt = build_network(network, factor, bool(one_d), channels, filters, blocks, dtype=policy)
     copy_weights(model, rebuilt)
     return rebuilt
 

@@ -84,7 +84,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=constants.SEED, help="fixes the split, crops and augmentation")
     parser.add_argument("--upscale-factor", type=upscale_factor, default=constants.UPSCALE_FACTOR,
                         help="2 to 8; the pretrained model and reported results are x4")
-    parser.add_argument("--network", choices=("espcn", "quality"), default="espcn",
+    parser.add_argument("--network", choices=constants.NETWORKS, default="espcn",
                         help="espcn: the seed's ESPCN (3 convolutions); quality: the residual network beside it "
                              "(predict.py --model quality; README, Quality network)")
     parser.add_argument("--quality-filters", type=positive_int, default=constants.QUALITY_FILTERS,
@@ -350,7 +350,10 @@ def build_model(args, run, plan):
     """The model (x upscale in both directions, or the 1-D through-plane one) and its optimizer, made (and the
     optimizer's slots built) under the strategy's scope."""
     with run.strategy.scope():
-        model = new_model(args, run.policy)
+        model = modules.build_network(
+            args.network, args.through_plane_factor or args.upscale_factor, bool(args.through_plane_factor),
+            filters=args.quality_filters if args.network == "quality" else args.filters, blocks=args.blocks,
+            dtype=run.policy)
         if args.init_model:
             start = read_init_model(args.init_model)
             try:
@@ -360,16 +363,6 @@ def build_model(args, run, plan):
         optimizer = make_optimizer(args, plan.steps, run.replicas, run.policy)
         optimizer.build(model.trainable_variables)
     return model, optimizer
-
-
-def new_model(args, policy):
-    """The untrained network train.py's flags ask for: ESPCN or quality, in-plane or through-plane."""
-    factor = args.through_plane_factor or args.upscale_factor
-    if args.network == "quality":
-        build = modules.get_quality_model_1d if args.through_plane_factor else modules.get_quality_model
-        return build(factor, filters=args.quality_filters, blocks=args.blocks, dtype=policy)
-    build = modules.get_model_1d if args.through_plane_factor else modules.get_model
-    return build(factor, filters=args.filters, dtype=policy)
 
 
 def read_init_model(path):
