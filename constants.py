@@ -236,3 +236,9 @@ SLICE_PROFILE = "box"
 # Flips averaged at inference (self-ensemble): 1 = none, 2 = also the fine
 # axis reversed, 4 = also the slice axis reversed; each costs one more pass.
 THROUGH_PLANE_FLIPS = 4
+# The quality network's own through-plane defaults (predict.py --model
+# quality; --ensemble and --adapt-steps override both networks'): a pass and
+# an adaptation step cost it several times the ESPCN's, so it takes fewer of
+# each to keep a head's two volumes inside 180 s on 2 cores (docs/performance.md).
+QUALITY_THROUGH_PLANE_FLIPS = 1
+QUALITY_ADAPT_STEPS = 100

@@ -448,6 +448,30 @@ def copy_weights(source, target):
         layer.set_weights(weights)
 
 
+def copy_body(source, target):
+    """Sets the residual body of quality network `target` (head_conv, the blocks, body_end_conv) to `source`'s.
+
+    `source` may be a quality network of another factor or direction (the in-plane x4 model starting a
+    through-plane one): the body computes at the input's resolution and does not depend on either; the
+    sub-pixel convolution stays as built (zero: nearest-neighbour).  ValueError in words where `source` has
+    no such body or one of another width or depth.
+    """
+    body = [layer for layer in target.layers if layer.weights and layer.name != "conv4_linear"]
+    if network_of(target) != "quality":
+        raise ValueError(f"model {target.name} is not the quality network: only its residual body is copied")
+    if len(body) != len([layer for layer in source.layers if layer.weights]) - 1:
+        raise ValueError(f"model {source.name} is not a quality network of {quality_blocks(target)} blocks")
+    for layer in body:
+        try:
+            weights = source.get_layer(layer.name).get_weights()
+        except ValueError:
+            raise ValueError(f"model {source.name} has no layer {layer.name}: not a quality network") from None
+        if [tuple(w.shape) for w in weights] != [tuple(w.shape) for w in layer.get_weights()]:
+            raise ValueError(f"model {source.name}: layer {layer.name} has other shapes (another width or channel "
+                             "count)")
+        layer.set_weights(weights)
+
+
 def as_float32(model):
     """The same ESPCN computing in float32 (inference_model with precision "float32")."""
     return inference_model(model, "float32")

@@ -97,8 +97,9 @@ def add_input_output_flags(group):
     group.add_argument("--ensemble", type=int, choices=(1, 2, 4, 8), default=None,
                        help="average the model over this many flips/quarter turns of each input (self-ensemble); "
                             f"default: {constants.ENSEMBLE_IMAGES} for images and the test split, "
-                            f"{constants.ENSEMBLE_VOLUMES} for NIfTI volumes, {constants.THROUGH_PLANE_FLIPS} flips "
-                            "(at most 4) with --through-plane")
+                            f"{constants.ENSEMBLE_VOLUMES} for NIfTI volumes; with --through-plane (at most 4 "
+                            f"flips) {constants.THROUGH_PLANE_FLIPS} for the ESPCN, "
+                            f"{constants.QUALITY_THROUGH_PLANE_FLIPS} for the quality network")
     group.add_argument("--edges", choices=("auto", "trained", "mirror"), default=constants.EDGES,
                        help="planes fed as the network was trained (zero-padded convolutions) or with a mirror "
                             "margin; auto: mirror only for small planes and flat borders (inference.py)")
@@ -162,8 +163,9 @@ def add_through_plane_flags(group):
     group.add_argument("--adapt-learning-rate", type=positive_float, default=constants.ADAPT_LEARNING_RATE,
                        help="Adam's rate for per-volume adaptation from a pretrained model (cosine-decayed over "
                             "its steps)")
-    group.add_argument("--adapt-steps", "--adapt-max-steps", type=positive_int, default=constants.ADAPT_STEPS,
-                       help="adaptation steps for a volume of up to "
+    group.add_argument("--adapt-steps", "--adapt-max-steps", type=positive_int, default=None,
+                       help=f"adaptation steps ({constants.ADAPT_STEPS} for the ESPCN, "
+                            f"{constants.QUALITY_ADAPT_STEPS} for the quality network) for a volume of up to "
                             f"{constants.ADAPT_FULL_VOXELS // 1_000_000}M working voxels, proportionally fewer "
                             "for larger ones (it stops earlier when the volume's own validation crops stop "
                             "improving; the time budget only caps it, with a warning)")
@@ -414,7 +416,7 @@ def refine_through_plane(source, item, args, guard):
         geometry.output_spacing(), args.uid_root)  # each new slice stands for its own spacing (docs/dicom.md)
     made_by = {"model_path": model_path,
                "network": f"{modules.network_description(prepared.model)} x{geometry.factor} through-plane",
-               "settings": {"Precision": modules.choose_precision(args.precision), "Ensemble": settings.flips,
+               "settings": {"Precision": modules.choose_precision(args.precision), "Ensemble": prepared.settings.flips,
                             "Edges": args.edges, "SliceAxis": geometry.axis, "SliceProfile": settings.profile,
                             "ThicknessSource": geometry.thickness_source,
                             "WorkingVoxelSize": round(geometry.working_pixel, 6),
@@ -448,7 +450,7 @@ def through_plane_tag(geometry):
 
 def through_plane_settings(args):
     return through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile,
-                                  args.ensemble or constants.THROUGH_PLANE_FLIPS, edges=args.edges,
+                                  args.ensemble, edges=args.edges,
                                   steps=args.adapt_steps, learning_rate=args.adapt_learning_rate,
                                   batch_size=args.batch_size)
 

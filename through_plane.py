@@ -27,6 +27,7 @@ slices.  The method is SMORE's idea with the seed's small ESPCN:
 The baseline is cubic B-spline interpolation along the slice axis
 (`cubic_spline`), what viewers and scanner consoles do.
 """
+import copy
 import os
 import time
 
@@ -308,14 +309,28 @@ class Settings:
     """How one run refines volumes: the flags of predict.py --through-plane, in one place."""
 
     def __init__(self, adapt=True, seconds=constants.THROUGH_PLANE_SECONDS, profile=constants.SLICE_PROFILE,
-                 flips=constants.THROUGH_PLANE_FLIPS, seed=constants.ADAPT_SEED, edges=constants.EDGES,
-                 steps=constants.ADAPT_STEPS, learning_rate=constants.ADAPT_LEARNING_RATE,
-                 patience=constants.ADAPT_PATIENCE, batch_size=None):
+                 flips=None, seed=constants.ADAPT_SEED, edges=constants.EDGES, steps=None,
+                 learning_rate=constants.ADAPT_LEARNING_RATE, patience=constants.ADAPT_PATIENCE, batch_size=None):
         self.adapt, self.seconds, self.profile, self.flips, self.seed = adapt, seconds, profile, flips, seed
         self.edges = edges  # inference.upscale_planes' edges
-        self.steps, self.learning_rate = steps, learning_rate
+        self.steps, self.learning_rate = steps, learning_rate  # flips and steps: None = the network's default
         self.patience = patience  # adaptation's early stop, in checks (tools/adaptation_steps.py turns it off)
         self.batch_size = batch_size  # --batch-size: inference inputs per batch and crops per adaptation step
+
+    def for_network(self, network):
+        """These settings with the network's own flips and adaptation steps where no flag set them.
+
+        The quality network costs several times the ESPCN a pass and a step,
+        so it has defaults of its own (constants.QUALITY_THROUGH_PLANE_FLIPS,
+        QUALITY_ADAPT_STEPS) that keep a head inside the clinical time budget.
+        """
+        quality = network == "quality"
+        resolved = copy.copy(self)
+        if resolved.flips is None:
+            resolved.flips = constants.QUALITY_THROUGH_PLANE_FLIPS if quality else constants.THROUGH_PLANE_FLIPS
+        if resolved.steps is None:
+            resolved.steps = constants.QUALITY_ADAPT_STEPS if quality else constants.ADAPT_STEPS
+        return resolved
 
 
 def advance_to(progress, began):
@@ -325,10 +340,10 @@ def advance_to(progress, began):
 
 
 class Prepared:
-    """The model a volume is refined with, and what a user is told about it."""
+    """The model a volume is refined with, the settings for its network, and what a user is told about it."""
 
-    def __init__(self, model, note, warning=None, steps=0):
-        self.model, self.note, self.warning, self.steps = model, note, warning, steps
+    def __init__(self, model, settings, note, warning=None, steps=0):
+        self.model, self.settings, self.note, self.warning, self.steps = model, settings, note, warning, steps
 
 
 def prepare_model(source, working, geometry, settings, began, progress=None):
@@ -340,6 +355,7 @@ def prepare_model(source, working, geometry, settings, began, progress=None):
     """
     factor = geometry.factor
     start, origin = source.starting_model(factor)
+    settings = settings.for_network(modules.network_of(start) if start is not None else "espcn")
     fallback = None
     if start is None:
         fallback = (f"no shipped model refines x{factor} (shipped: x{constants.THROUGH_PLANE_FACTORS[0]} to "
@@ -349,7 +365,7 @@ def prepare_model(source, working, geometry, settings, began, progress=None):
         if start is None:
             raise ValueError(f"{fallback.split(';')[0]}: drop --no-adapt to train one on this volume, or give "
                              "--model")
-        return Prepared(start, origin)
+        return Prepared(start, settings, origin)
     reference = start if start is not None else modules.get_model_1d(factor)
     deadline = began + settings.seconds - 1.2 * inference_seconds(reference, working, geometry.axis, settings) - 2.0
     steps = adaptation_steps(int(np.prod(working.shape)) * factor, settings)
@@ -366,8 +382,8 @@ def prepare_model(source, working, geometry, settings, began, progress=None):
         warning = inference.join_warnings(fallback, f"adaptation cut short at {done} of {steps} steps by "
                                                     f"--through-plane-seconds {settings.seconds:g}: the output "
                                                     "depends on this machine's speed and load")
-    return Prepared(model, f"{origin}, adapted to this volume for {spent:.0f} s ({done} steps; stopped by {why})",
-                    warning, done)
+    note = f"{origin}, adapted to this volume for {spent:.0f} s ({done} steps; stopped by {why})"
+    return Prepared(model, settings, note, warning, done)
 
 
 def refine(model, volume, geometry, settings, progress=None, began=None, working=None):
@@ -409,7 +425,7 @@ def super_resolve_through_plane(source, image, data, geometry, settings, progres
         working = slice_geometry.resample(scaled, geometry.working_shape())
         if prepared is None:
             prepared = prepare_model(source, working, geometry, settings, began, progress)
-        refined = refine(prepared.model, scaled, geometry, settings, progress, began, working)
+        refined = refine(prepared.model, scaled, geometry, prepared.settings, progress, began, working)
         del working
         values = np.clip(refined * (high - low) + low, float(volume.min()), float(volume.max()))
         if nan_mask is not None and out.dtype.kind == "f":
@@ -464,7 +480,7 @@ def compare_on_volume(source, path, out_path, axis, factor, settings, progress=N
     began = time.monotonic()
     working = slice_geometry.resample(scaled, geometry.working_shape())
     prepared = prepare_model(source, working, geometry, settings, began, progress)
-    model = refine(prepared.model, scaled, geometry, settings, progress, began, working) * (high - low) + low
+    model = refine(prepared.model, scaled, geometry, prepared.settings, progress, began, working) * (high - low) + low
     outputs = {name: np.clip(output, thick.min(), thick.max()) for name, output in
                (("cubic spline", cubic_spline(thick, axis, fine.shape[axis])), ("model", model))}
     results = {"file": os.path.basename(path), "slice_axis": axis, "factor": factor, "model_note": prepared.note,

@@ -101,6 +101,10 @@ def parse_args(argv=None):
                              "these (below 1: a gap between slices, as in clinical 2D scans)")
     parser.add_argument("--init-model", default=None, metavar="PATH",
                         help="start from this .keras model's weights (fine-tuning; same kind, factor and filters)")
+    parser.add_argument("--init-body", default=None, metavar="PATH",
+                        help="--network quality: start its residual body from this quality model of any factor or "
+                             "direction (the in-plane one for a through-plane model); the sub-pixel layer starts at "
+                             "nearest-neighbour")
     parser.add_argument("--patch-size", type=non_negative_int, default=constants.PATCH_SIZE,
                         help="high-resolution training crop; 0 = whole slices")
     parser.add_argument("--patches-per-image", type=positive_int, default=constants.PATCHES_PER_IMAGE,
@@ -194,6 +198,7 @@ def run_settings(args, policy, jit, replicas, split):
         "--blocks": args.blocks if args.network == "quality" else None,
         "--thickness-ratios": list(args.thickness_ratios) if args.thickness_ratios != [1.0] else None,
         "--init-model": backups.files_fingerprint([args.init_model]) if args.init_model else None,
+        "--init-body": backups.files_fingerprint([args.init_body]) if args.init_body else None,
         "--patch-size": args.patch_size, "--patches-per-image": args.patches_per_image,
         "--augment": args.augment, "--batch-size": args.batch_size, "replicas": replicas,
         "--loss": args.loss, "--learning-rate": args.learning_rate, "--lr-schedule": args.lr_schedule, "--epochs": args.epochs,
@@ -244,8 +249,12 @@ def set_up(args):
     for folder in args.extra_train_dir or ():
         if not os.path.isdir(folder):
             raise ValueError(f"--extra-train-dir {folder}: no such directory")
-    if args.init_model and not os.path.isfile(args.init_model):
-        raise ValueError(f"--init-model {args.init_model}: no such file")
+    for flag, path in (("--init-model", args.init_model), ("--init-body", args.init_body)):
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{flag} {path}: no such file")
+    if args.init_body and (args.init_model or args.network != "quality"):
+        raise ValueError("--init-body starts a new quality network's body: give it with --network quality and "
+                         "without --init-model")
     dataset.prepare_data_dir(args.data_dir)
     split = dataset.train_validation_paths(args.data_dir, args.validation_split, args.seed)
     settings = run_settings(args, policy, jit, strategy.num_replicas_in_sync, split)
@@ -360,17 +369,23 @@ def build_model(args, run, plan):
                 modules.copy_weights(start, model)
             except ValueError as error:
                 raise ValueError(f"--init-model {args.init_model}: {error}") from None
+        if args.init_body:
+            body = read_init_model(args.init_body, "--init-body")
+            try:
+                modules.copy_body(body, model)
+            except ValueError as error:
+                raise ValueError(f"--init-body {args.init_body}: {error}") from None
         optimizer = make_optimizer(args, plan.steps, run.replicas, run.policy)
         optimizer.build(model.trainable_variables)
     return model, optimizer
 
 
-def read_init_model(path):
-    """The .keras model of --init-model (safe mode; set_up checked that it exists); ValueError naming the flag."""
+def read_init_model(path, flag="--init-model"):
+    """The .keras model of `flag` (safe mode; set_up checked that it exists); ValueError naming the flag."""
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # corrupt archives fail in many ways inside Keras
-        raise ValueError(f"--init-model {path}: cannot be loaded ({type(error).__name__})") from None
+        raise ValueError(f"{flag} {path}: cannot be loaded ({type(error).__name__})") from None
 
 
 def restore(state, run, epochs):

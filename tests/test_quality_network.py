@@ -107,12 +107,63 @@ def test_train_quality_then_predict_with_it_and_refuse_a_missing_shipped_through
     assert "quality network" in json.dumps(sidecar)
 
     refused = run_script("predict.py", "--input", str(volume), "--output-dir", str(results), "--through-plane",
-                         "--model", "quality", "--through-plane-factor", "3", "--slice-thickness", "3")
+                         "--model", "quality", "--through-plane-factor", "5", "--slice-thickness", "3")
     lines = refused.stderr.strip().splitlines()
-    shipped = os.path.isfile(through_plane.pretrained_path(3, "quality"))
+    shipped = os.path.isfile(through_plane.pretrained_path(5, "quality"))
     if shipped:  # then it is used
         assert refused.returncode == 0, refused.stderr[-3000:]
     else:
         # one line for the input, and run_on_inputs' count of failed inputs
-        assert refused.returncode != 0 and "quality_through_x3.keras" in lines[0], refused.stderr
+        assert refused.returncode != 0 and "quality_through_x5.keras" in lines[0], refused.stderr
         assert lines[1:] == ["1 of 1 inputs failed"] and "Traceback" not in refused.stderr
+
+
+def test_copy_body_starts_a_through_plane_model_from_the_in_plane_one():
+    keras.utils.set_random_seed(5)
+    in_plane = small_quality(4, one_d=False)
+    through = modules.get_quality_model_1d(3, filters=8, blocks=2)
+    modules.copy_body(in_plane, through)
+    for layer in through.layers:
+        if layer.weights and layer.name != "conv4_linear":
+            for mine, theirs in zip(layer.get_weights(), in_plane.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(mine, theirs)
+    # the sub-pixel layer stays at zero, so the start is exactly nearest-neighbour along the rows
+    assert not np.any(through.get_layer("conv4_linear").get_weights()[0])
+    x = np.random.default_rng(1).random((1, 5, 7, 1), dtype=np.float32)
+    np.testing.assert_allclose(through(x).numpy(), np.repeat(x, 3, axis=1), atol=1e-6)
+    with pytest.raises(ValueError, match="not a quality network"):
+        modules.copy_body(modules.get_model(4), through)
+    with pytest.raises(ValueError, match="other shapes"):
+        modules.copy_body(modules.get_quality_model(4, filters=16, blocks=2), through)
+
+
+def test_train_py_init_body_refuses_another_width_and_the_espcn(tmp_path):
+    data = write_tree(tmp_path / "AD_NC", n_train=4, n_test=1)
+    start = str(tmp_path / "in_plane.keras")
+    small_quality(4).save(start)
+    common = ("--data-dir", data, "--epochs", "1", "--batch-size", "2", "--patch-size", "24",
+              "--through-plane-factor", "3", "--init-body", start)
+    for flags in (("--network", "quality", "--quality-filters", "16", "--blocks", "2"), ("--network", "espcn")):
+        refused = run_script("train.py", *common, *flags, "--output-dir", str(tmp_path / flags[1]))
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+        assert lines[-1].startswith("error: --init-body"), lines
+
+
+def test_the_quality_network_takes_its_own_through_plane_defaults_unless_flags_set_them(tmp_path):
+    import constants
+    import predict
+    keras.utils.set_random_seed(4)
+    model = str(tmp_path / "quality_1d_x4.keras")
+    small_quality(4, one_d=True, blocks=1).save(model)
+    source = tmp_path / "thick.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(2).random((20, 16, 5)).astype(np.float32),
+                             np.diag([1.0, 1.0, 4.0, 1.0])), str(source))
+    runs = {"defaults": [], "flags": ["--ensemble", "2", "--adapt-steps", "7"]}
+    for name, flags in runs.items():
+        assert predict.main(["--input", str(source), "--through-plane", "--model", model, "--through-plane-seconds",
+                             "600", "--output-dir", str(tmp_path / name), *flags]) == 0
+    fields = {name: json.load(open(tmp_path / name / "thick_through_x4.json")) for name in runs}
+    assert fields["defaults"]["Ensemble"] == constants.QUALITY_THROUGH_PLANE_FLIPS != constants.THROUGH_PLANE_FLIPS
+    assert fields["defaults"]["AdaptationSteps"] == constants.QUALITY_ADAPT_STEPS != constants.ADAPT_STEPS
+    assert fields["flags"]["Ensemble"] == 2 and fields["flags"]["AdaptationSteps"] == 7
