@@ -219,14 +219,17 @@ ADAPT_MIN_GAIN = 0.0
 # Adaptation takes ADAPT_STEPS steps (predict.py --adapt-steps) on volumes
 # whose working output has up to ADAPT_FULL_VOXELS voxels, proportionally
 # fewer on larger ones (whose inference takes longer), at least
-# ADAPT_MIN_STEPS (at 16M, issue 21's heads passed its 180 s for two volumes
-# on a 2-core AVX2 CPU and were cut by the cap; docs/through-plane.md): a number from the volume, never from the clock, so the same
-# input gives the same voxels on any machine at any load; the time budget
-# above is only a cap, with a warning when it cuts adaptation short.  Every
-# random draw of adaptation comes from ADAPT_SEED.
+# ADAPT_MIN_SHARE of them (200 of the ESPCN's 500: at 16M voxels issue 21's
+# heads passed 180 s for two volumes on a 2-core AVX2 CPU and were cut by the
+# cap; 40 of the quality network's 100, where a cut at 40 of 100 steps, the
+# rate still high, lost 0.26 dB; docs/through-plane.md): a number from the
+# volume, never from the clock, so the same input gives the same voxels on
+# any machine at any load; the time budget above is only a cap, with a
+# warning when it cuts adaptation short.  Every random draw of adaptation
+# comes from ADAPT_SEED.
 ADAPT_STEPS = 500
 ADAPT_FULL_VOXELS = 8_000_000
-ADAPT_MIN_STEPS = 200
+ADAPT_MIN_SHARE = 0.4
 ADAPT_SEED = 0
 # Slice profile of the thick slices (slice_profiles.py): "box" (an ideal slab
 # of the slice thickness) or "gaussian" (FWHM = the slice thickness).  The

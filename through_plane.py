@@ -187,11 +187,11 @@ def adaptation_steps(working_voxels, settings):
 
     settings.steps for volumes up to constants.ADAPT_FULL_VOXELS; larger ones,
     whose inference takes longer, proportionally fewer (at least
-    constants.ADAPT_MIN_STEPS).  A number from the volume alone, never from
-    the clock, so a run repeats exactly on any machine and at any load.
+    constants.ADAPT_MIN_SHARE of them).  A number from the volume alone, never
+    from the clock, so a run repeats exactly on any machine and at any load.
     """
-    share = min(1.0, constants.ADAPT_FULL_VOXELS / max(1, working_voxels))
-    return max(min(settings.steps, constants.ADAPT_MIN_STEPS), int(round(settings.steps * share)))
+    share = min(1.0, max(constants.ADAPT_MIN_SHARE, constants.ADAPT_FULL_VOXELS / max(1, working_voxels)))
+    return max(1, int(round(settings.steps * share)))
 
 
 def adapt(start, planes, factor, thickness_ratio, *, steps, deadline, settings, precision, progress=None,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import constants
 import dataset
 import modules
 import predict
@@ -236,3 +237,14 @@ def test_train_py_fine_tunes_from_an_init_model_and_refuses_another_kind(tmp_pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
     assert "--init-model" in errors[0] and "x(4, 1), not x(3, 1)" in errors[0]
+
+
+def test_adaptation_steps_fall_with_the_volume_down_to_their_floor_share():
+    """Each network's steps on small volumes, proportionally fewer on large ones, never below
+    constants.ADAPT_MIN_SHARE of them (the ESPCN's 500 go down to 200, the quality network's 100 to 40)."""
+    full, floor = constants.ADAPT_FULL_VOXELS, constants.ADAPT_MIN_SHARE
+    for network, steps in (("espcn", constants.ADAPT_STEPS), ("quality", constants.QUALITY_ADAPT_STEPS)):
+        settings = through_plane.Settings().for_network(network)
+        assert [through_plane.adaptation_steps(v, settings) for v in (full // 2, full, 2 * full, 10 * full)] == \
+            [steps, steps, round(steps / 2), round(steps * floor)], network
+    assert through_plane.adaptation_steps(10 * full, through_plane.Settings(steps=1)) == 1
