@@ -221,8 +221,8 @@ ADAPT_MIN_GAIN = 0.0
 # fewer on larger ones (whose inference takes longer), at least
 # ADAPT_MIN_SHARE of them (200 of the ESPCN's 500: at 16M voxels issue 21's
 # heads passed 180 s for two volumes on a 2-core AVX2 CPU and were cut by the
-# cap; 40 of the quality network's 100, where a cut at 40 of 100 steps, the
-# rate still high, lost 0.26 dB; docs/through-plane.md): a number from the
+# cap; 40 of the quality network's 100, whose x3 volumes the cap cut at 100
+# steps; docs/through-plane.md): a number from the
 # volume, never from the clock, so the same input gives the same voxels on
 # any machine at any load; the time budget above is only a cap, with a
 # warning when it cuts adaptation short.  Every random draw of adaptation
