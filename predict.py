@@ -335,16 +335,17 @@ def claim_outputs(item, tag, args, guard):
     return outputs
 
 
-def write_volume(item, image, out, factors, outputs, tag, derivation, made_by, args):
+def write_volume(item, image, out, factors, outputs, label, derivation, made_by, args):
     """Writes the output `out` (stored values on the grid `factors` times finer) to each of `outputs`.
 
-    A DICOM series is written with `derivation` (dicom_series.Derivation: what made it, its SliceThickness);
+    A DICOM series is written with `derivation` (dicom_series.Derivation: what made it, its SliceThickness),
+    its SeriesDescription the source's with `label` (the network and the output's tag, e.g. "ESPCN x4") after it;
     a NIfTI or MGH file with a JSON sidecar of provenance.record(**made_by) beside it.
     """
     result = volumes.resampled_image(image, out, factors)
     for kind, path in outputs.items():
         if kind == "dicom":
-            dicom_series.write_series(item, result, path, f" ESPCN {tag.replace('_', ' ')}", derivation)
+            dicom_series.write_series(item, result, path, f" {label.replace('_', ' ')}", derivation)
         else:
             volumes.save_image(result, path, args.gzip_level)
             source = os.path.dirname(item.files[0]) if isinstance(item, dicom_series.Series) else item
@@ -375,8 +376,8 @@ def super_resolve_volume(model, item, args, guard):
                "settings": {"Precision": modules.choose_precision(args.precision),
                             "Ensemble": ensemble_for("nifti", args), "Edges": args.edges, "SliceAxis": args.axis},
                "slice_thickness": [derivation.slice_thickness or float(image.header.get_zooms()[args.axis])] * 2}
-    write_volume(item, image, out, volumes.in_plane_factors(args.axis, factor), outputs, f"x{factor}", derivation,
-                 made_by, args)
+    write_volume(item, image, out, volumes.in_plane_factors(args.axis, factor), outputs,
+                 f"{network_name(model)} x{factor}", derivation, made_by, args)
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return Result(", ".join(outputs.values()), warning=inference.join_warnings(*notes, non_finite))
 
@@ -422,7 +423,8 @@ def refine_through_plane(source, item, args, guard):
                             "WorkingVoxelSize": round(geometry.working_pixel, 6),
                             "AdaptationSteps": prepared.steps, "AdaptationSeed": settings.seed},
                "slice_thickness": (geometry.thickness, geometry.output_spacing())}
-    write_volume(item, image, out, geometry.output_factors(), outputs, tag, derivation, made_by, args)
+    write_volume(item, image, out, geometry.output_factors(), outputs, f"{network_name(prepared.model)} {tag}",
+                 derivation, made_by, args)
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return Result(", ".join(outputs.values()), f"{geometry.describe()}; {prepared.note}",
                   inference.join_warnings(*notes, prepared.warning, non_finite))

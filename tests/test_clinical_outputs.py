@@ -65,12 +65,23 @@ def test_a_derived_series_says_what_it_is(tmp_path, post_contrast):
     assert first.ContrastBolusAgent == "Gadobutrol" and float(first.RepetitionTime) == 8.1
     assert first.StudyInstanceUID == source.StudyInstanceUID and first.SeriesInstanceUID != source.SeriesInstanceUID
     assert list(first.ImageType)[0] == "DERIVED" and "in-plane super-resolution" in first.DerivationDescription
+    assert first.SeriesDescription == "T1 axial ESPCN x4"
     assert "espcn_x4.keras" in first.SoftwareVersions and first.Manufacturer != "ScannerCo"
     assert "StationName" not in first
     assert {item.ReferencedSOPInstanceUID for item in first.SourceImageSequence} == set(sources)
     assert first.SeriesDate and first.ContentDate and first.SeriesTime
     assert all(f.SOPInstanceUID.startswith("1.2.826.0.1.99.") for f in files)
     assert first.SeriesInstanceUID.startswith("1.2.826.0.1.99.")
+
+
+def test_a_quality_network_series_names_its_network(tmp_path, post_contrast):
+    out = tmp_path / "out"
+    assert predict.main(["--input", post_contrast, "--output-dir", str(out), "--output-format", "dicom",
+                         "--model", "quality", "--ensemble", "1", "--precision", "float32"]) == 0
+    first = pydicom.dcmread(sorted(glob.glob(str(out / "T1_post_x4" / "*.dcm")))[0])
+    assert first.SeriesDescription == "T1 axial Quality network x4"
+    assert first.DerivationDescription.startswith("Quality network x4 in-plane")
+    assert "quality_x4.keras" in first.SoftwareVersions
 
 
 def test_a_through_plane_series_states_its_new_slices(tmp_path, post_contrast):
@@ -81,6 +92,7 @@ def test_a_through_plane_series_states_its_new_slices(tmp_path, post_contrast):
     first = pydicom.dcmread(sorted(glob.glob(str(out / "*" / "*.dcm")))[0])
     assert float(first.SliceThickness) == float(first.SpacingBetweenSlices) == 0.75
     assert "1.5 mm apart and 1 mm thick" in first.DerivationDescription
+    assert first.SeriesDescription == "T1 axial ESPCN through x2"
 
 
 def test_a_pet_series_is_refused_in_one_line(tmp_path, capsys):
