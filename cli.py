@@ -33,6 +33,17 @@ def positive_float(text):
     return value
 
 
+def unit_share(text):
+    """A share from 0 to 1 (a float)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be 0 to 1, got {value:g}")
+    return value
+
+
 def upscale_factor(text):
     """A factor the models can be built for: 2 to 8 (1 would leave the image as it is)."""
     value = positive_int(text)

@@ -245,3 +245,13 @@ THROUGH_PLANE_FLIPS = 4
 # each to keep a head's two volumes inside 180 s on 2 cores (docs/performance.md).
 QUALITY_THROUGH_PLANE_FLIPS = 1
 QUALITY_ADAPT_STEPS = 100
+# How much of adaptation's change to the weights is kept (predict.py
+# --adapt-keep): the model used is start + keep * (adapted - start), a point
+# between the pretrained and the adapted model in weight space (weight-space
+# ensembling, as WiSE-FT does for fine-tuned models, Wortsman et al. 2022).
+# Its output is, within 0.01 dB, the average of the two models' outputs at no
+# extra cost.  For the quality network half gains on issue 21's held-out heads
+# what the adapted model gains on another scanner's head and loses less on the
+# training scanner's (docs/through-plane.md, *Keeping part of the adaptation*).
+ADAPT_KEEP = 1.0
+QUALITY_ADAPT_KEEP = 0.5

@@ -44,7 +44,8 @@ import slice_geometry
 import through_plane
 import volumes
 from atomic_files import remove_dead_partials, write_atomically
-from cli import OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size, upscale_factor
+from cli import (OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size, unit_share,
+                 upscale_factor)
 
 
 # --- Command line ------------------------------------------------------------
@@ -169,6 +170,10 @@ def add_through_plane_flags(group):
                             f"{constants.ADAPT_FULL_VOXELS // 1_000_000}M working voxels, proportionally fewer "
                             "for larger ones (it stops earlier when the volume's own validation crops stop "
                             "improving; the time budget only caps it, with a warning)")
+    group.add_argument("--adapt-keep", type=unit_share, default=None, metavar="SHARE",
+                       help=f"the share of adaptation's change to a pretrained model's weights that is kept, 0 to 1 "
+                            f"({constants.ADAPT_KEEP:g} for the ESPCN, {constants.QUALITY_ADAPT_KEEP:g} for the "
+                            "quality network): the model used lies between the pretrained and the adapted one")
     group.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
                        help="the slices' profile across their thickness: box (an ideal slab) or gaussian "
                             "(FWHM = the thickness)")
@@ -421,7 +426,8 @@ def refine_through_plane(source, item, args, guard):
                             "Edges": args.edges, "SliceAxis": geometry.axis, "SliceProfile": settings.profile,
                             "ThicknessSource": geometry.thickness_source,
                             "WorkingVoxelSize": round(geometry.working_pixel, 6),
-                            "AdaptationSteps": prepared.steps, "AdaptationSeed": settings.seed},
+                            "AdaptationSteps": prepared.steps, "AdaptationSeed": settings.seed,
+                            "AdaptationKept": prepared.kept},
                "slice_thickness": (geometry.thickness, geometry.output_spacing())}
     write_volume(item, image, out, geometry.output_factors(), outputs, f"{network_name(prepared.model)} {tag}",
                  derivation, made_by, args)
@@ -454,7 +460,7 @@ def through_plane_settings(args):
     return through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile,
                                   args.ensemble, edges=args.edges,
                                   steps=args.adapt_steps, learning_rate=args.adapt_learning_rate,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, keep=args.adapt_keep)
 
 
 def ensemble_for(kind, args):

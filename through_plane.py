@@ -220,6 +220,8 @@ def adapt(start, planes, factor, thickness_ratio, *, steps, deadline, settings, 
     improved by ADAPT_MIN_GAIN for settings.patience checks of ADAPT_CHECK_STEPS
     steps each; the weights of the best check are kept.
 
+    Of the change from `start`, settings.keep is kept (keep_share_of_change).
+
     Returns:
         (model, number of training steps, why it stopped: "validation", "time" or "steps").
     """
@@ -251,9 +253,18 @@ def adapt(start, planes, factor, thickness_ratio, *, steps, deadline, settings, 
         advance_to(progress, began)
     if done % constants.ADAPT_CHECK_STEPS and float(crop_loss(model, *validation)) < best:
         best_weights = model.get_weights()  # the steps since the last check (all of them, on a short run)
-    model.set_weights(best_weights)
+    model.set_weights(best_weights if start is None else
+                      keep_share_of_change(start.get_weights(), best_weights, settings.keep))
     why = "validation" if stale >= settings.patience else "steps" if done >= steps else "time"
     return modules.inference_model(model, precision), done, why
+
+
+def keep_share_of_change(start, adapted, keep):
+    """Weights `keep` of the way from `start` to `adapted` (lists of arrays), each in the adapted weight's type."""
+    if keep is None or keep == 1.0:
+        return adapted
+    return [(np.asarray(s, np.float32) + keep * (np.asarray(a, np.float32) - np.asarray(s, np.float32)))
+            .astype(np.asarray(a).dtype) for s, a in zip(start, adapted)]
 
 
 @tf.function(reduce_retracing=True)
@@ -310,19 +321,22 @@ class Settings:
 
     def __init__(self, adapt=True, seconds=constants.THROUGH_PLANE_SECONDS, profile=constants.SLICE_PROFILE,
                  flips=None, seed=constants.ADAPT_SEED, edges=constants.EDGES, steps=None,
-                 learning_rate=constants.ADAPT_LEARNING_RATE, patience=constants.ADAPT_PATIENCE, batch_size=None):
+                 learning_rate=constants.ADAPT_LEARNING_RATE, patience=constants.ADAPT_PATIENCE, batch_size=None,
+                 keep=None):
         self.adapt, self.seconds, self.profile, self.flips, self.seed = adapt, seconds, profile, flips, seed
         self.edges = edges  # inference.upscale_planes' edges
         self.steps, self.learning_rate = steps, learning_rate  # flips and steps: None = the network's default
         self.patience = patience  # adaptation's early stop, in checks (tools/adaptation_steps.py turns it off)
         self.batch_size = batch_size  # --batch-size: inference inputs per batch and crops per adaptation step
+        self.keep = keep  # the share of adaptation's weight change kept; None = the network's default
 
     def for_network(self, network):
-        """These settings with the network's own flips and adaptation steps where no flag set them.
+        """These settings with the network's own flips, adaptation steps and kept share where no flag set them.
 
         The quality network costs several times the ESPCN a pass and a step,
         so it has defaults of its own (constants.QUALITY_THROUGH_PLANE_FLIPS,
-        QUALITY_ADAPT_STEPS) that keep a head inside the clinical time budget.
+        QUALITY_ADAPT_STEPS) that keep a head inside the clinical time budget,
+        and keeps part of its adaptation (QUALITY_ADAPT_KEEP).
         """
         quality = network == "quality"
         resolved = copy.copy(self)
@@ -330,6 +344,8 @@ class Settings:
             resolved.flips = constants.QUALITY_THROUGH_PLANE_FLIPS if quality else constants.THROUGH_PLANE_FLIPS
         if resolved.steps is None:
             resolved.steps = constants.QUALITY_ADAPT_STEPS if quality else constants.ADAPT_STEPS
+        if resolved.keep is None:
+            resolved.keep = constants.QUALITY_ADAPT_KEEP if quality else constants.ADAPT_KEEP
         return resolved
 
 
@@ -342,8 +358,9 @@ def advance_to(progress, began):
 class Prepared:
     """The model a volume is refined with, the settings for its network, and what a user is told about it."""
 
-    def __init__(self, model, settings, note, warning=None, steps=0):
+    def __init__(self, model, settings, note, warning=None, steps=0, kept=None):
         self.model, self.settings, self.note, self.warning, self.steps = model, settings, note, warning, steps
+        self.kept = kept  # the share of adaptation's weight change kept (None: not adapted from a pretrained model)
 
 
 def prepare_model(source, working, geometry, settings, began, progress=None):
@@ -382,8 +399,9 @@ def prepare_model(source, working, geometry, settings, began, progress=None):
         warning = inference.join_warnings(fallback, f"adaptation cut short at {done} of {steps} steps by "
                                                     f"--through-plane-seconds {settings.seconds:g}: the output "
                                                     "depends on this machine's speed and load")
-    note = f"{origin}, adapted to this volume for {spent:.0f} s ({done} steps; stopped by {why})"
-    return Prepared(model, settings, note, warning, done)
+    kept = f", {settings.keep:g} of the change kept" if start is not None and settings.keep != 1.0 else ""
+    note = f"{origin}, adapted to this volume for {spent:.0f} s ({done} steps; stopped by {why}{kept})"
+    return Prepared(model, settings, note, warning, done, settings.keep if start is not None else None)
 
 
 def refine(model, volume, geometry, settings, progress=None, began=None, working=None):

@@ -159,11 +159,13 @@ def test_the_quality_network_takes_its_own_through_plane_defaults_unless_flags_s
     source = tmp_path / "thick.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(2).random((20, 16, 5)).astype(np.float32),
                              np.diag([1.0, 1.0, 4.0, 1.0])), str(source))
-    runs = {"defaults": [], "flags": ["--ensemble", "2", "--adapt-steps", "7"]}
+    runs = {"defaults": [], "flags": ["--ensemble", "2", "--adapt-steps", "7", "--adapt-keep", "1"]}
     for name, flags in runs.items():
         assert predict.main(["--input", str(source), "--through-plane", "--model", model, "--through-plane-seconds",
                              "600", "--output-dir", str(tmp_path / name), *flags]) == 0
     fields = {name: json.load(open(tmp_path / name / "thick_through_x4.json")) for name in runs}
     assert fields["defaults"]["Ensemble"] == constants.QUALITY_THROUGH_PLANE_FLIPS != constants.THROUGH_PLANE_FLIPS
     assert fields["defaults"]["AdaptationSteps"] == constants.QUALITY_ADAPT_STEPS != constants.ADAPT_STEPS
+    assert fields["defaults"]["AdaptationKept"] == constants.QUALITY_ADAPT_KEEP != constants.ADAPT_KEEP
     assert fields["flags"]["Ensemble"] == 2 and fields["flags"]["AdaptationSteps"] == 7
+    assert fields["flags"]["AdaptationKept"] == 1.0

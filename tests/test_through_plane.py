@@ -248,3 +248,20 @@ def test_adaptation_steps_fall_with_the_volume_down_to_their_floor_share():
         assert [through_plane.adaptation_steps(v, settings) for v in (full // 2, full, 2 * full, 10 * full)] == \
             [steps, steps, round(steps / 2), round(steps * floor)], network
     assert through_plane.adaptation_steps(10 * full, through_plane.Settings(steps=1)) == 1
+
+
+def test_adaptation_keeps_the_asked_share_of_its_change_to_the_weights():
+    """keep 0 gives back the starting weights, 1 the adapted ones, 0.5 their midpoint (the runs are repeatable)."""
+    start = modules.get_model_1d(3)
+    planes = np.random.default_rng(3).random((6, 48, 40)).astype(np.float32)
+    weights = {}
+    for keep in (0.0, 0.5, 1.0):
+        settings = through_plane.Settings(steps=6, keep=keep, patience=float("inf"), batch_size=4)
+        model, done, why = through_plane.adapt(start, planes, 3, 1.0, steps=6, deadline=float("inf"),
+                                               settings=settings, precision="float32")
+        assert (done, why) == (6, "steps")
+        weights[keep] = model.get_weights()
+    for s, none, half, full in zip(start.get_weights(), weights[0.0], weights[0.5], weights[1.0]):
+        np.testing.assert_array_equal(none, s)
+        np.testing.assert_allclose(half, (s + full) / 2, rtol=1e-5, atol=1e-7)
+    assert any(not np.array_equal(s, full) for s, full in zip(start.get_weights(), weights[1.0]))

@@ -2,13 +2,14 @@
 
 usage:
   python tools/adaptation_steps.py --heads NAME [NAME ...] [--factors 4 3] [--steps 0 1000 2000]
-      [--learning-rate 5e-4] [--model PATH] [--tree data/real_volumes]
+      [--learning-rate 5e-4] [--keep 0.5 1] [--model PATH] [--tree data/real_volumes]
 
 For each test head of tools/real_volumes.py's tree and each of its thick volumes whose factor is in
 --factors, the volume is refined as predict.py --through-plane refines it (through_plane.
 super_resolve_through_plane: the same scaling, adaptation, inference, data consistency and clipping), once
 per --steps value: 0 is the pretrained model alone (--no-adapt), N > 0 is adaptation for exactly N steps,
-with neither a time bound nor the early stop, so that a run repeats whatever the machine's speed or load.
+with neither a time bound nor the early stop, so that a run repeats whatever the machine's speed or load;
+each --keep value (the share of adaptation's weight change kept, predict.py --adapt-keep) is a run of its own.
 The gain is scored as tools/through_plane_check.py scores it (PSNR over the whole volume, range = the fine
 reference's max - min, against cubic B-spline clipped to the thick volume's range).  One line a run.
 Not a test: every adapted run trains for N steps (about 26 ms each on a quiet 2-core EPYC).
@@ -55,7 +56,11 @@ def main(argv=None):
     parser.add_argument("--steps", nargs="+", type=int, default=[0, 1000, 2000],
                         help="adaptation steps of each run (0: the pretrained model alone)")
     parser.add_argument("--learning-rate", type=float, default=constants.ADAPT_LEARNING_RATE)
-    parser.add_argument("--model", default=None, help="a through-plane model instead of pretrained/ (one factor)")
+    parser.add_argument("--keep", nargs="+", type=float, default=[None],
+                        help="shares of adaptation's weight change kept (default: the network's own)")
+    parser.add_argument("--model", default=None,
+                        help="a through-plane model instead of pretrained/ (one factor), or quality: the shipped "
+                             "quality networks")
     args = parser.parse_args(argv)
     with open(os.path.join(args.tree, "split.json")) as f:
         thick = json.load(f)["thick"]
@@ -67,12 +72,15 @@ def main(argv=None):
     for head in args.heads:
         for entry in (v for v in thick[head] if v["factor"] in args.factors):
             for steps in args.steps:
-                settings = through_plane.Settings(adapt=steps > 0, seconds=float("inf"), steps=max(steps, 1),
-                                                  learning_rate=args.learning_rate, patience=float("inf"))
-                began = time.monotonic()
-                db, note = gain(entry, args.tree, args.model, settings)
-                print(f"{head} x{entry['factor']} axis {entry['axis']} steps {steps:>5} lr {args.learning_rate:g}: "
-                      f"gain {db:+.3f} dB ({time.monotonic() - began:.0f} s; {note})", flush=True)
+                for keep in args.keep if steps > 0 else [None]:
+                    settings = through_plane.Settings(adapt=steps > 0, seconds=float("inf"), steps=max(steps, 1),
+                                                      learning_rate=args.learning_rate, patience=float("inf"),
+                                                      keep=keep)
+                    began = time.monotonic()
+                    db, note = gain(entry, args.tree, args.model, settings)
+                    print(f"{head} x{entry['factor']} axis {entry['axis']} steps {steps:>5} lr "
+                          f"{args.learning_rate:g}: gain {db:+.3f} dB ({time.monotonic() - began:.0f} s; {note})",
+                          flush=True)
     return 0
 
 
