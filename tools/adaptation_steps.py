@@ -57,7 +57,7 @@ def main(argv=None):
                         help="adaptation steps of each run (0: the pretrained model alone)")
     parser.add_argument("--learning-rate", type=float, default=constants.ADAPT_LEARNING_RATE)
     parser.add_argument("--keep", nargs="+", type=float, default=[None],
-                        help="shares of adaptation's weight change kept (default: the network's own)")
+                        help="shares of adaptation's weight change kept (None: the network's own)")
     parser.add_argument("--model", default=None,
                         help="a through-plane model instead of pretrained/ (one factor), or quality: the shipped "
                              "quality networks")
