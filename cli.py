@@ -23,11 +23,16 @@ def positive_int(text):
     return value
 
 
-def positive_float(text):
+def a_number(text):
+    """A float from a flag's text; argparse's one-line error when it is not one."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def positive_float(text):
+    value = a_number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
@@ -35,10 +40,7 @@ def positive_float(text):
 
 def unit_share(text):
     """A share from 0 to 1 (a float)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = a_number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be 0 to 1, got {value:g}")
     return value

@@ -263,8 +263,11 @@ def keep_share_of_change(start, adapted, keep):
     """Weights `keep` of the way from `start` to `adapted` (lists of arrays), each in the adapted weight's type."""
     if keep is None or keep == 1.0:
         return adapted
-    return [(np.asarray(s, np.float32) + keep * (np.asarray(a, np.float32) - np.asarray(s, np.float32)))
-            .astype(np.asarray(a).dtype) for s, a in zip(start, adapted)]
+    kept = []
+    for s, a in zip(start, adapted):
+        s, a = np.asarray(s, np.float32), np.asarray(a)
+        kept.append((s + keep * (a.astype(np.float32) - s)).astype(a.dtype))
+    return kept
 
 
 @tf.function(reduce_retracing=True)
