@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 import constants  # noqa: E402
 import slice_geometry  # noqa: E402
 import through_plane  # noqa: E402
+from cli import unit_share  # noqa: E402
 from through_plane_check import psnr_against_spline  # noqa: E402  (this folder is on the path when run as a script)
 
 
@@ -56,7 +57,7 @@ def main(argv=None):
     parser.add_argument("--steps", nargs="+", type=int, default=[0, 1000, 2000],
                         help="adaptation steps of each run (0: the pretrained model alone)")
     parser.add_argument("--learning-rate", type=float, default=constants.ADAPT_LEARNING_RATE)
-    parser.add_argument("--keep", nargs="+", type=float, default=[None],
+    parser.add_argument("--keep", nargs="+", type=unit_share, default=[None],
                         help="shares of adaptation's weight change kept (None: the network's own)")
     parser.add_argument("--model", default=None,
                         help="a through-plane model instead of pretrained/ (one factor), or quality: the shipped "
