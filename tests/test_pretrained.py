@@ -93,8 +93,8 @@ def test_shipped_quality_through_plane_models_beat_the_espcns_on_the_template_sl
     """predict.py --compare --through-plane --model quality, x3 and x4, without adaptation: the shipped quality
     through-plane models above the shipped ESPCN ones and well above cubic B-spline, float32, on the template's
     central axial slab (the test split's slices; the models' template training slices are outside it, except
-    coronal and sagittal ones that cross it). Measured (AMD EPYC, AVX2): x3 quality 38.25 dB, ESPCN 36.89, spline
-    31.59; x4 quality 34.49, ESPCN 33.58, spline 29.10."""
+    coronal and sagittal ones that cross it). Measured (AMD EPYC, AVX2; third-stage quality models, 2026-12-04): x3
+    quality 38.36 dB, ESPCN 36.89, spline 31.59; x4 quality 34.70, ESPCN 33.58, spline 29.10."""
     import nibabel as nib
 
     import dataset
