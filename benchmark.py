@@ -117,13 +117,22 @@ def test_planes(data_dir, size):
     return dataset.downsample(dataset.to_unit_float(test.images), constants.UPSCALE_FACTOR).numpy()[..., 0]
 
 
+def shipped_quality_blocks():
+    """The residual blocks of the shipped in-plane quality network (6, where constants.QUALITY_BLOCKS is 4):
+    the size `predict.py --model quality` serves; None (constants' size) if the file is missing."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), constants.PRETRAINED_QUALITY)
+    return modules.quality_blocks(keras.models.load_model(path, safe_mode=True)) if os.path.isfile(path) else None
+
+
 def benchmark_model(args, policy, directory, network="espcn"):
     """Median images/s of training, of predict.py's inference (both edge paths) and of the bare model call.
 
-    `network` is "espcn" or "quality" (untrained: the speed is the same).
+    `network` is "espcn" or "quality" (untrained: the speed is the same), the quality network of the shipped
+    in-plane file's size (shipped_quality_blocks).
     Returns (model, served model, its saved path, rates, jit, share of the planes served as trained).
     """
-    model = modules.build_network(network, constants.UPSCALE_FACTOR, dtype=policy)
+    blocks = shipped_quality_blocks() if network == "quality" else None
+    model = modules.build_network(network, constants.UPSCALE_FACTOR, blocks=blocks, dtype=policy)
     optimizer = modules.adam(constants.LEARNING_RATE, policy)
     strategy = tf.distribute.get_strategy()
     jit = modules.use_xla(args.jit, policy)

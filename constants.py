@@ -48,7 +48,11 @@ FILTERS = (64, 64, 32)
 # 64 and 4 are the size calibrated outside the project for issue 30 (320k
 # parameters x4, +0.2 dB over the ESPCN on real slices with the ESPCN's short
 # schedule, about 2.2x its time a training step); train.py --quality-filters
-# and --blocks override them.
+# and --blocks override them.  The shipped through-plane files have 4 blocks
+# (6 would take a head's two volumes past the 180 s budget); the shipped
+# in-plane x4 file has 6, grown on a GPU (+0.15 dB on real slices, 85 s
+# against 59 s for a 256x256x180 volume on a 2-core CPU, under the 120 s
+# budget; docs/training-recipe.md, *Stage 4*): train it with --blocks 6.
 QUALITY_FILTERS = 64
 QUALITY_BLOCKS = 4
 

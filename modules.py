@@ -434,6 +434,10 @@ def copy_weights(source, target):
     if upscale_factors(source) != upscale_factors(target):
         raise ValueError(f"model {source.name} upscales (rows, columns) x{upscale_factors(source)}, not "
                          f"x{upscale_factors(target)}")
+    if network_of(source) == network_of(target) == "quality" and quality_blocks(source) != quality_blocks(target):
+        # copying by name alone would drop a deeper source's last blocks, or leave a shallower one's new
+        raise ValueError(f"model {source.name} has {quality_blocks(source)} residual blocks, not "
+                         f"{quality_blocks(target)} (train.py --blocks)")
     for layer in target.layers:
         if not layer.weights:
             continue

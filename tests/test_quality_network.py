@@ -137,6 +137,21 @@ def test_copy_body_starts_a_through_plane_model_from_the_in_plane_one():
         modules.copy_body(modules.get_quality_model(4, filters=16, blocks=2), through)
 
 
+def test_copy_weights_refuses_a_quality_network_of_another_depth():
+    """train.py --init-model (modules.copy_weights) with a quality network of more or fewer blocks than --blocks
+    is refused in words: copying by layer name alone would silently drop the shipped 6-block file's last two
+    blocks under the default --blocks 4.  The same depth copies exactly."""
+    deeper, shallower = small_quality(4, blocks=3), small_quality(4, blocks=2)
+    for source, target in ((deeper, shallower), (shallower, deeper)):
+        with pytest.raises(ValueError, match=f"{modules.quality_blocks(source)} residual blocks, not "
+                                             f"{modules.quality_blocks(target)}"):
+            modules.copy_weights(source, target)
+    same = modules.get_quality_model(4, filters=8, blocks=3)
+    modules.copy_weights(deeper, same)
+    x = np.random.default_rng(5).random((1, 10, 12, 1), dtype=np.float32)
+    np.testing.assert_allclose(same.predict(x, verbose=0), deeper.predict(x, verbose=0), atol=1e-6)
+
+
 def test_train_py_init_body_refuses_another_width_and_the_espcn(tmp_path):
     data = write_tree(tmp_path / "AD_NC", n_train=4, n_test=1)
     start = str(tmp_path / "in_plane.keras")
@@ -169,3 +184,40 @@ def test_the_quality_network_takes_its_own_through_plane_defaults_unless_flags_s
     assert fields["defaults"]["AdaptationKept"] == constants.QUALITY_ADAPT_KEEP != constants.ADAPT_KEEP
     assert fields["flags"]["Ensemble"] == 2 and fields["flags"]["AdaptationSteps"] == 7
     assert fields["flags"]["AdaptationKept"] == 1.0
+
+
+def test_accelerator_stage_packs_slices_and_brings_weights_back_into_the_keras_network(tmp_path):
+    """tools/accelerator_stage.py (a training stage on a GPU without TensorFlow): `pack` stores the slices as
+    train.py decodes them and the start model's convolutions in Keras layouts; the torch network's convolution
+    order (layer_names) is the Keras network's; `unpack` rebuilds a network that computes what the stored one did
+    (a wrong layout or order changes the output).  The torch side itself needs PyTorch, outside requirements.txt:
+    checked against the shipped file on the CPU (max difference 1.3e-6), docs/training-recipe.md, *Stage 4*."""
+    import sys
+
+    import dataset
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    import accelerator_stage
+
+    model = small_quality(4, blocks=2)
+    convolutions = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convolutions == accelerator_stage.layer_names(2)
+    start = tmp_path / "start.keras"
+    model.save(start)
+    data = write_tree(tmp_path / "tree", n_train=3)
+    packed = tmp_path / "stage.npz.xz"
+    assert accelerator_stage.main(["pack", "--data-dir", str(data), "--init-model", str(start),
+                                   "--output", str(packed)]) == 0
+    stored = accelerator_stage.read_pack(str(packed))
+    train_paths, val_paths = dataset.train_validation_paths(str(data))
+    np.testing.assert_array_equal(stored["images"], dataset.load_slices(train_paths, progress=False).images)
+    np.testing.assert_array_equal(stored["validation"], dataset.load_slices(val_paths, progress=False).images)
+
+    weights = tmp_path / "weights.npz"
+    np.savez(weights, **{key: value for key, value in stored.items() if "/" in key})
+    back = tmp_path / "back.keras"
+    assert accelerator_stage.main(["unpack", "--weights", str(weights), "--output", str(back)]) == 0
+    loaded = keras.models.load_model(back, safe_mode=True)
+    assert modules.quality_blocks(loaded) == 2 and loaded.get_layer("head_conv").filters == 8
+    x = np.random.default_rng(1).random((1, 12, 10, 1), dtype=np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)

@@ -1,0 +1,334 @@
+"""One training stage of the in-plane quality network on a CUDA GPU through PyTorch, where TensorFlow is absent.
+
+usage (three steps; the middle one runs on the GPU machine, the others here):
+  python tools/accelerator_stage.py pack [--data-dir D] [--extra-train-dir DIR ...] [--init-model M.keras] --output P.npz.xz
+  python3 tools/accelerator_stage.py train --pack P.npz.xz [P2.npz.xz ...] --output-dir OUT [--minutes 7] [--blocks 6]
+      [--learning-rate 2e-4] [--batch-size 128] [--init-weights OUT0/weights.npz]
+  python tools/accelerator_stage.py unpack --weights OUT/weights.npz --output M.keras
+
+Why: the quality network's training (train.py --network quality) takes hours
+of a 2-core CPU a stage, and a GPU lent for minutes has no TensorFlow.  So one
+stage runs as this file's `train`, in PyTorch, and its weights come back into
+the Keras network of modules.build_network; the next stage, if any, is train.py
+again with --init-model, or `train` again with --init-weights.
+
+- `pack` decodes the training and validation slices exactly as train.py does
+  (dataset.train_validation_paths and load_slices; extra folders tiled, as
+  train.py's --extra-train-dir) and stores them, uint8, with their tissue
+  boxes and the start model's weights (Keras layouts, by layer name), as an
+  xz-compressed .npz.  A GPU machine's upload can be limited (64 MiB a call
+  on the one this was written for), so a large set travels as several packs:
+  one with --data-dir (the validation slices) and --init-model, the others
+  of extra folders alone;
+- `train` (PyTorch and numpy only, no project module but constants) rebuilds
+  the same network (5x5 head convolution, residual blocks, body skip, a 3x3
+  convolution to the r*r sub-pixel channels plus the input, pixel shuffle,
+  which for one channel is modules.DepthToSpace's pixel order) and trains it on
+  train.py's recipe, made on the GPU per batch from all packs' slices: a crop
+  centred in the slice's tissue box, the 8 flips/turns, contrast inversion,
+  gamma, intensity peak, noise on tissue (constants' ranges), area
+  downsampling, 8-bit rounding of the input; MSE, Adam, bfloat16 autocast with
+  float32 weights, a cosine from the learning rate to 2% of it over the time
+  budget after a short warm-up.  --blocks more than the start model's adds
+  blocks whose second convolution is zero, so training starts from the start
+  model's output exactly.  Weights are written to OUT/weights.npz every
+  --save-every seconds (a stop loses at most that; --init-weights goes on
+  from them), the validation PSNR (float32) to OUT/log.json;
+- `unpack` loads those weights into modules.build_network("quality", ...) and
+  saves a .keras file that predict.py --model loads (safe mode).
+"""
+import argparse
+import io
+import json
+import lzma
+import math
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import constants  # noqa: E402  (no TensorFlow: constants imports nothing)
+
+FACTOR = 4
+LR_FLOOR = 0.02  # train.py's cosine ends at 2% of the rate
+# a linear warm-up over the first 3% of the time: Adam's first steps move every weight by about the full rate,
+# and from a trained start that cost 0.3 dB of validation in 6 steps (CPU smoke run, batch 4)
+WARM_UP_SHARE = 0.03
+
+
+# --- pack (here, with TensorFlow) ---------------------------------------------
+
+def pack(args):
+    """Writes the slices (and with --data-dir the validation slices, with --init-model the start weights)
+    as an xz-compressed .npz: a GPU machine's upload is limited (64 MiB a call there), so a large set
+    travels as several packs, one with --data-dir and --init-model, the others of extra folders alone."""
+    import dataset  # TensorFlow: only on the machine that has it
+    import train
+    from tensorflow_env import keras
+
+    images, contents = [], {}
+    if args.data_dir:
+        train_paths, val_paths = dataset.train_validation_paths(args.data_dir)
+        images.append(dataset.load_slices(train_paths).images)
+        contents["validation"] = dataset.load_slices(val_paths).images
+    for folder in args.extra_train_dir or ():
+        images.append(train.load_extra_images(folder, constants.TARGET_SIZE).images)
+    if not images:
+        raise SystemExit("pack: give --data-dir or --extra-train-dir")
+    contents["images"] = np.concatenate(images)
+    contents["boxes"] = dataset.tissue_boxes(contents["images"])
+    if args.init_model:
+        contents.update(keras_weights(keras.models.load_model(args.init_model, safe_mode=True)))
+    buffer = io.BytesIO()
+    np.savez(buffer, **contents)
+    with open(args.output, "wb") as handle:
+        handle.write(lzma.compress(buffer.getvalue(), preset=6))
+    print(f"{args.output}: {len(contents['images'])} training slices, "
+          f"{len(contents.get('validation', ()))} validation slices, "
+          f"{'start weights of ' + args.init_model if args.init_model else 'no weights'}, "
+          f"{os.path.getsize(args.output) / 2 ** 20:.1f} MiB")
+
+
+def read_pack(path):
+    with open(path, "rb") as handle:
+        with np.load(io.BytesIO(lzma.decompress(handle.read()))) as stored:
+            return dict(stored)
+
+
+def keras_weights(model):
+    """{"<layer>/kernel": (kh, kw, in, out), "<layer>/bias": (out,)} of every convolution."""
+    found = {}
+    for layer in model.layers:
+        if layer.__class__.__name__ == "Conv2D":
+            kernel, bias = layer.get_weights()
+            found[f"{layer.name}/kernel"], found[f"{layer.name}/bias"] = kernel, bias
+    return found
+
+
+# --- unpack (here, with TensorFlow) -------------------------------------------
+
+def unpack(args):
+    import modules
+
+    with np.load(args.weights) as stored:
+        weights = dict(stored)
+    blocks = sum(1 for key in weights if key.endswith("_conv1/kernel"))
+    filters = weights["head_conv/kernel"].shape[-1]
+    model = modules.build_network("quality", FACTOR, filters=filters, blocks=blocks)
+    for layer in model.layers:
+        if layer.__class__.__name__ == "Conv2D":
+            layer.set_weights([weights[f"{layer.name}/kernel"], weights[f"{layer.name}/bias"]])
+    model.save(args.output)
+    print(f"{args.output}: {modules.network_description(model)}, from {args.weights}")
+
+
+# --- train (the GPU machine: PyTorch, numpy, constants) -----------------------
+
+def layer_names(blocks):
+    """Keras layer names of the torch network's convolutions, in the order of torch_convolutions."""
+    return (["head_conv"] + [f"block{b}_conv{i}" for b in range(1, blocks + 1) for i in (1, 2)]
+            + ["body_end_conv", "conv4_linear"])
+
+
+def torch_network(torch, filters, blocks, factor):
+    nn = torch.nn
+
+    class Quality(nn.Module):
+        def __init__(self):
+            super().__init__()
+            convs = [nn.Conv2d(1, filters, 5, padding=2)]
+            convs += [nn.Conv2d(filters, filters, 3, padding=1) for _ in range(2 * blocks + 1)]
+            convs += [nn.Conv2d(filters, factor * factor, 3, padding=1)]
+            self.convs = nn.ModuleList(convs)
+            self.blocks, self.factor = blocks, factor
+
+        def forward(self, x):
+            head = self.convs[0](x)
+            y = head
+            for b in range(self.blocks):
+                y = y + self.convs[2 + 2 * b](torch.relu(self.convs[1 + 2 * b](y)))
+            y = head + self.convs[2 * self.blocks + 1](y)
+            # the sub-pixel channels join the input in float32: under bfloat16 autocast the input's 8-bit
+            # levels would round by up to half a level
+            return nn.functional.pixel_shuffle(self.convs[-1](y).float() + x, self.factor)
+
+    return Quality()
+
+
+def load_start(torch, net, stored, blocks):
+    """Copies the stored Keras weights in; blocks beyond the stored ones start as identities
+    (he-normal first convolution, zero second), convolutions absent from the store as Keras would."""
+    for name, conv in zip(layer_names(blocks), net.convs):
+        key = f"{name}/kernel"
+        if key in stored:
+            conv.weight.data.copy_(torch.from_numpy(np.transpose(stored[key], (3, 2, 0, 1)).copy()))
+            conv.bias.data.copy_(torch.from_numpy(stored[f"{name}/bias"]))
+            continue
+        conv.bias.data.zero_()
+        if name.endswith("_conv2") or name == "conv4_linear":
+            conv.weight.data.zero_()
+        else:  # Keras' he_normal: a normal truncated at 2 std, scaled to keep the variance 2 / fan_in
+            fan_in = conv.weight[0].numel()
+            std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+            torch.nn.init.trunc_normal_(conv.weight, std=std, a=-2 * std, b=2 * std)
+
+
+def stored_weights(net, blocks):
+    found = {}
+    for name, conv in zip(layer_names(blocks), net.convs):
+        found[f"{name}/kernel"] = np.transpose(conv.weight.detach().float().cpu().numpy(), (2, 3, 1, 0))
+        found[f"{name}/bias"] = conv.bias.detach().float().cpu().numpy()
+    return found
+
+
+def training_batch(torch, images, boxes, batch, patch, generator):
+    """(input, target) of train.py's recipe, made on the GPU for `batch` random slices."""
+    device = images.device
+    uniform = lambda *shape: torch.rand(*shape, device=device, generator=generator)  # noqa: E731
+    index = torch.randint(len(images), (batch,), device=device, generator=generator)
+    box = boxes[index].float()
+    centre = uniform(batch, 2)
+    size = images.shape[1]
+    cy = (box[:, 0] + centre[:, 0] * (box[:, 1] - box[:, 0])).long()
+    cx = (box[:, 2] + centre[:, 1] * (box[:, 3] - box[:, 2])).long()
+    top = (cy - patch // 2).clamp(0, size - patch)
+    left = (cx - patch // 2).clamp(0, size - patch)
+    offsets = torch.arange(patch, device=device)
+    rows, cols = top[:, None] + offsets, left[:, None] + offsets
+    x = images[index[:, None, None], rows[:, :, None], cols[:, None, :]].float()[:, None] / 255.0
+    flips = uniform(3, batch, 1, 1, 1) < 0.5
+    x = torch.where(flips[0], x.flip(3), x)
+    x = torch.where(flips[1], x.flip(2), x)
+    x = torch.where(flips[2], x.transpose(2, 3), x)
+    draw = uniform(4, batch, 1, 1, 1)
+    tissue = (x > 0.02).float()
+    x = torch.where(draw[3] < constants.INVERT_PROBABILITY, tissue * (1.05 - x), x)
+    low_gamma, high_gamma = constants.GAMMA_RANGE
+    gamma = low_gamma * (high_gamma / low_gamma) ** draw[1]
+    x = torch.where(x > 0, x.clamp_min(1e-12) ** gamma, torch.zeros_like(x))
+    low_peak, high_peak = constants.INTENSITY_SCALE_RANGE
+    x = x * (low_peak + (high_peak - low_peak) * draw[0])
+    noise = torch.randn(x.shape, device=device, generator=generator) * (constants.NOISE_MAX * draw[2] ** 2)
+    target = (x + noise * tissue).clamp(0.0, 1.0)
+    low_res = torch.nn.functional.avg_pool2d(target, FACTOR)
+    return torch.round(low_res * 255.0) / 255.0, target
+
+
+def validation_psnr(torch, net, validation, batch=32):
+    """Mean PSNR (dB, peak 1) of whole validation slices, area-downsampled, as train.py's validation."""
+    scores = []
+    with torch.no_grad():  # float32 (TF32 convolutions on a GPU), as the shipped model runs
+        for start in range(0, len(validation), batch):
+            target = validation[start:start + batch].float()[:, None] / 255.0
+            output = net(torch.nn.functional.avg_pool2d(target, FACTOR)).float()
+            mse = ((output - target) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+            scores.append(-10.0 * torch.log10(mse))
+    return float(torch.cat(scores).mean())
+
+
+def save_atomically(path, weights):
+    temporary = path + ".partial.npz"
+    np.savez(temporary, **weights)
+    os.replace(temporary, path)
+
+
+def run_training(args):
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cudnn.benchmark = True
+    packs = [read_pack(path) for path in args.pack]
+    stored = next(pack for pack in packs if "head_conv/kernel" in pack)
+    if args.init_weights:  # a previous stage's weights.npz instead of the pack's start model
+        with np.load(args.init_weights) as previous:
+            stored = {**stored, **previous}
+    images = torch.from_numpy(np.concatenate([pack["images"] for pack in packs])).to(device)
+    boxes = torch.from_numpy(np.concatenate([pack["boxes"] for pack in packs]).astype(np.int64)).to(device)
+    validation = torch.from_numpy(next(pack["validation"] for pack in packs if "validation" in pack)).to(device)
+    filters = stored["head_conv/kernel"].shape[-1]
+    start_blocks = sum(1 for key in stored if key.endswith("_conv1/kernel") and key.startswith("block"))
+    blocks = args.blocks or start_blocks
+    net = torch_network(torch, filters, blocks, FACTOR).to(device).to(memory_format=torch.channels_last)
+    torch.manual_seed(args.seed)
+    load_start(torch, net, stored, blocks)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
+    os.makedirs(args.output_dir, exist_ok=True)
+    weights_path = os.path.join(args.output_dir, "weights.npz")
+    log = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "blocks": blocks,
+           "start_blocks": start_blocks, "filters": filters, "training_slices": len(images),
+           "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.learning_rate,
+           "minutes": args.minutes, "validation_psnr_start": validation_psnr(torch, net, validation), "points": []}
+    print(f"{log['device']}: {blocks} blocks (start {start_blocks}), {len(images)} slices, validation "
+          f"{log['validation_psnr_start']:.3f} dB at the start", flush=True)
+    budget, began, last_save, step, losses = args.minutes * 60.0, time.time(), time.time(), 0, []
+    while (elapsed := time.time() - began) < budget and step < (args.max_steps or math.inf):
+        share = elapsed / budget
+        warm_up = min(1.0, share / WARM_UP_SHARE)
+        for group in optimizer.param_groups:
+            group["lr"] = args.learning_rate * warm_up * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * share)))
+        low_res, target = training_batch(torch, images, boxes, args.batch_size, args.patch_size, generator)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            output = net(low_res.contiguous(memory_format=torch.channels_last))
+        loss = torch.nn.functional.mse_loss(output.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % 100 == 0:
+            losses.append(float(loss.detach()))
+        if time.time() - last_save > args.save_every:
+            save_atomically(weights_path, stored_weights(net, blocks))
+            last_save = time.time()
+            point = {"step": step, "seconds": round(time.time() - began, 1),
+                     "loss": float(np.mean(losses[-20:])) if losses else None,
+                     "validation_psnr": validation_psnr(torch, net, validation)}
+            log["points"].append(point)
+            print(json.dumps(point), flush=True)
+    save_atomically(weights_path, stored_weights(net, blocks))
+    log.update(steps=step, seconds=round(time.time() - began, 1),
+               validation_psnr_end=validation_psnr(torch, net, validation))
+    with open(os.path.join(args.output_dir, "log.json"), "w") as handle:
+        json.dump(log, handle, indent=1)
+    print(f"{step} steps in {log['seconds']} s; validation {log['validation_psnr_start']:.3f} -> "
+          f"{log['validation_psnr_end']:.3f} dB; weights in {weights_path}", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("pack", help="slices and start weights into one .npz (needs TensorFlow)")
+    p.add_argument("--data-dir", help="train/ and validation/ as train.py reads them")
+    p.add_argument("--extra-train-dir", nargs="+", metavar="DIR")
+    p.add_argument("--init-model", help="the .keras quality network x4 to start from")
+    p.add_argument("--output", required=True)
+    t = commands.add_parser("train", help="one stage on a GPU (needs PyTorch)")
+    t.add_argument("--pack", required=True, nargs="+", help="packs: one with validation slices and weights")
+    t.add_argument("--output-dir", required=True)
+    t.add_argument("--init-weights", help="start from this weights.npz of an earlier `train` instead")
+    t.add_argument("--minutes", type=float, default=7.0, help="training time; the cosine spans it")
+    t.add_argument("--max-steps", type=int, default=0, help="stop after this many steps too (0: time alone)")
+    t.add_argument("--blocks", type=int, default=0, help="residual blocks (0: the start model's)")
+    t.add_argument("--learning-rate", type=float, default=2e-4)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--patch-size", type=int, default=128, help="high-resolution crop side (a multiple of 4)")
+    t.add_argument("--save-every", type=float, default=60.0, help="seconds between weight saves")
+    t.add_argument("--seed", type=int, default=constants.SEED)
+    u = commands.add_parser("unpack", help="weights.npz into a .keras quality network (needs TensorFlow)")
+    u.add_argument("--weights", required=True)
+    u.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    try:
+        {"pack": pack, "train": run_training, "unpack": unpack}[args.command](args)
+    except (OSError, ValueError, KeyError, lzma.LZMAError) as error:  # a missing or foreign file: one line
+        print(f"accelerator_stage.py {args.command}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
