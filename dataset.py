@@ -131,6 +131,16 @@ def load_slices(paths, size=constants.TARGET_SIZE, progress=True, tile=False):
     return Split(stack, kept)
 
 
+def load_extra_images(folder, size=constants.TARGET_SIZE):
+    """Every image under `folder` (train.py's --extra-train-dir), tiled into training slices (training only,
+    never validation); ValueError naming the flag if none is usable."""
+    extra = load_slices(list_images(folder), size, tile=True)
+    if not extra.paths:
+        raise ValueError(f"--extra-train-dir {folder}: no usable images")
+    print(f"{len(extra.paths)} extra training tiles from {len(set(extra.paths))} images in {folder}")
+    return extra
+
+
 def group_of(path):
     """The group a slice file belongs to: its name up to the last '_', or the whole name without one.
 

@@ -271,22 +271,13 @@ def load_data(args, split):
     if len(train.paths) == 0:
         raise ValueError(f"--data-dir {args.data_dir}: no usable training image in train/")
     for folder in args.extra_train_dir or ():
-        extra = load_extra_images(folder, args.target_size)
+        extra = dataset.load_extra_images(folder, args.target_size)
         train = dataset.Split(np.concatenate([train.images, extra.images]), train.paths + extra.paths)
     if len(val.paths) == 0:  # tiny sets: validate on the training slices rather than not at all
         print("note: no usable validation image; validating on the training slices")
         val = train
     print(f"{len(train.paths)} training and {len(val.paths)} validation slices from {args.data_dir}")
     return train, val
-
-
-def load_extra_images(folder, size):
-    """Every image under `folder`, tiled into training slices (training only, never validation)."""
-    extra = dataset.load_slices(dataset.list_images(folder), size, tile=True)
-    if not extra.paths:
-        raise ValueError(f"--extra-train-dir {folder}: no usable images")
-    print(f"{len(extra.paths)} extra training tiles from {len(set(extra.paths))} images in {folder}")
-    return extra
 
 
 # --- Outputs -----------------------------------------------------------------

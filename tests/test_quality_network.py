@@ -186,19 +186,23 @@ def test_the_quality_network_takes_its_own_through_plane_defaults_unless_flags_s
     assert fields["flags"]["AdaptationKept"] == 1.0
 
 
-def test_accelerator_stage_packs_slices_and_brings_weights_back_into_the_keras_network(tmp_path):
+def accelerator_stage_tool(monkeypatch):
+    """tools/accelerator_stage.py as a module (tools/ on sys.path for this test only)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+    return importlib.import_module("accelerator_stage")
+
+
+def test_accelerator_stage_packs_slices_and_brings_weights_back_into_the_keras_network(tmp_path, monkeypatch):
     """tools/accelerator_stage.py (a training stage on a GPU without TensorFlow): `pack` stores the slices as
     train.py decodes them and the start model's convolutions in Keras layouts; the torch network's convolution
     order (layer_names) is the Keras network's; `unpack` rebuilds a network that computes what the stored one did
-    (a wrong layout or order changes the output).  The torch side itself needs PyTorch, outside requirements.txt:
-    checked against the shipped file on the CPU (max difference 1.3e-6), docs/training-recipe.md, *Stage 4*."""
-    import sys
-
+    (a wrong name mapping changes the output); an ESPCN as --init-model is refused in one line before any upload.
+    The torch side: the next test, where PyTorch is installed."""
     import dataset
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-    import accelerator_stage
-
+    accelerator_stage = accelerator_stage_tool(monkeypatch)
     model = small_quality(4, blocks=2)
     convolutions = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convolutions == accelerator_stage.layer_names(2)
@@ -221,3 +225,34 @@ def test_accelerator_stage_packs_slices_and_brings_weights_back_into_the_keras_n
     assert modules.quality_blocks(loaded) == 2 and loaded.get_layer("head_conv").filters == 8
     x = np.random.default_rng(1).random((1, 12, 10, 1), dtype=np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+    espcn = tmp_path / "espcn.keras"
+    modules.get_model(4).save(espcn)
+    assert accelerator_stage.main(["pack", "--data-dir", str(data), "--init-model", str(espcn),
+                                   "--output", str(tmp_path / "refused.npz.xz")]) == 1
+    assert not (tmp_path / "refused.npz.xz").exists()
+
+
+def test_accelerator_stage_torch_network_computes_the_keras_network(monkeypatch):
+    """Where PyTorch is installed (it is not a requirement; skipped elsewhere; run on 2026-12-04 with torch
+    2.13 CPU): the torch network, given a Keras quality network's weights, computes its output (pixel order,
+    padding, layouts), stored_weights gives them back unchanged, and a network grown by two blocks starts at
+    the same output (its new blocks are identities)."""
+    torch = pytest.importorskip("torch")
+    accelerator_stage = accelerator_stage_tool(monkeypatch)
+    model = small_quality(4, blocks=2)
+    weights = accelerator_stage.keras_weights(model)
+    x = np.random.default_rng(2).random((2, 11, 9, 1), dtype=np.float32)
+    expected = model.predict(x, verbose=0)[..., 0]
+    for blocks in (2, 4):
+        net = accelerator_stage.torch_network(torch, 8, blocks, 4)
+        accelerator_stage.load_start(torch, net, weights, blocks)
+        with torch.no_grad():
+            output = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()[:, 0]
+        np.testing.assert_allclose(output, expected, atol=1e-5)
+    net = accelerator_stage.torch_network(torch, 8, 2, 4)
+    accelerator_stage.load_start(torch, net, weights, 2)
+    back = accelerator_stage.stored_weights(net, 2)
+    assert back.keys() == weights.keys()
+    for key, value in weights.items():
+        np.testing.assert_array_equal(back[key], value)

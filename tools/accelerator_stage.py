@@ -1,7 +1,8 @@
 """One training stage of the in-plane quality network on a CUDA GPU through PyTorch, where TensorFlow is absent.
 
 usage (three steps; the middle one runs on the GPU machine, the others here):
-  python tools/accelerator_stage.py pack [--data-dir D] [--extra-train-dir DIR ...] [--init-model M.keras] --output P.npz.xz
+  python tools/accelerator_stage.py pack [--data-dir D] [--extra-train-dir DIR ...] [--init-model M.keras]
+      --output P.npz.xz
   python3 tools/accelerator_stage.py train --pack P.npz.xz [P2.npz.xz ...] --output-dir OUT [--minutes 7] [--blocks 6]
       [--learning-rate 2e-4] [--batch-size 128] [--init-weights OUT0/weights.npz]
   python tools/accelerator_stage.py unpack --weights OUT/weights.npz --output M.keras
@@ -51,9 +52,10 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-import constants  # noqa: E402  (no TensorFlow: constants imports nothing)
+import constants  # noqa: E402  (standard library only: no TensorFlow on the GPU machine)
+from atomic_files import write_atomically  # noqa: E402  (likewise)
 
-FACTOR = 4
+FACTOR = constants.UPSCALE_FACTOR  # the shipped quality network's in-plane factor
 LR_FLOOR = 0.02  # train.py's cosine ends at 2% of the rate
 # a linear warm-up over the first 3% of the time: Adam's first steps move every weight by about the full rate,
 # and from a trained start that cost 0.3 dB of validation in 6 steps (CPU smoke run, batch 4)
@@ -63,12 +65,9 @@ WARM_UP_SHARE = 0.03
 # --- pack (here, with TensorFlow) ---------------------------------------------
 
 def pack(args):
-    """Writes the slices (and with --data-dir the validation slices, with --init-model the start weights)
-    as an xz-compressed .npz: a GPU machine's upload is limited (64 MiB a call there), so a large set
-    travels as several packs, one with --data-dir and --init-model, the others of extra folders alone."""
+    """Writes the slices (with --data-dir the validation slices too, with --init-model the start weights) as an
+    xz-compressed .npz."""
     import dataset  # TensorFlow: only on the machine that has it
-    import train
-    from tensorflow_env import keras
 
     images, contents = [], {}
     if args.data_dir:
@@ -76,24 +75,37 @@ def pack(args):
         images.append(dataset.load_slices(train_paths).images)
         contents["validation"] = dataset.load_slices(val_paths).images
     for folder in args.extra_train_dir or ():
-        images.append(train.load_extra_images(folder, constants.TARGET_SIZE).images)
+        images.append(dataset.load_extra_images(folder, constants.TARGET_SIZE).images)
     if not images:
-        raise SystemExit("pack: give --data-dir or --extra-train-dir")
+        raise ValueError("give --data-dir or --extra-train-dir")
     contents["images"] = np.concatenate(images)
     contents["boxes"] = dataset.tissue_boxes(contents["images"])
     if args.init_model:
-        contents.update(keras_weights(keras.models.load_model(args.init_model, safe_mode=True)))
+        contents.update(keras_weights(start_model(args.init_model)))
     buffer = io.BytesIO()
     np.savez(buffer, **contents)
-    with open(args.output, "wb") as handle:
-        handle.write(lzma.compress(buffer.getvalue(), preset=6))
+    write_atomically(args.output, lambda path: pathlib.Path(path).write_bytes(lzma.compress(buffer.getvalue())))
     print(f"{args.output}: {len(contents['images'])} training slices, "
           f"{len(contents.get('validation', ()))} validation slices, "
           f"{'start weights of ' + args.init_model if args.init_model else 'no weights'}, "
           f"{os.path.getsize(args.output) / 2 ** 20:.1f} MiB")
 
 
+def start_model(path):
+    """The --init-model file, refused here (not on the GPU, after the upload) unless it is an in-plane
+    quality network of FACTOR."""
+    import modules
+    from tensorflow_env import keras
+
+    model = keras.models.load_model(path, safe_mode=True, compile=False)
+    if modules.network_of(model) != "quality" or modules.upscale_factors(model) != (FACTOR, FACTOR):
+        raise ValueError(f"--init-model {path}: not an in-plane x{FACTOR} quality network "
+                         f"({modules.network_description(model)}, x{modules.upscale_factors(model)})")
+    return model
+
+
 def read_pack(path):
+    """The arrays of a pack that `pack` wrote."""
     with open(path, "rb") as handle:
         with np.load(io.BytesIO(lzma.decompress(handle.read()))) as stored:
             return dict(stored)
@@ -109,32 +121,38 @@ def keras_weights(model):
     return found
 
 
+def stored_blocks(weights):
+    """The residual blocks of a store of Keras-layout weights."""
+    return sum(1 for key in weights if key.startswith("block") and key.endswith("_conv1/kernel"))
+
+
 # --- unpack (here, with TensorFlow) -------------------------------------------
 
 def unpack(args):
+    """weights.npz -> a saved .keras quality network (written whole or not at all)."""
     import modules
 
     with np.load(args.weights) as stored:
         weights = dict(stored)
-    blocks = sum(1 for key in weights if key.endswith("_conv1/kernel"))
-    filters = weights["head_conv/kernel"].shape[-1]
-    model = modules.build_network("quality", FACTOR, filters=filters, blocks=blocks)
+    model = modules.build_network("quality", FACTOR, filters=weights["head_conv/kernel"].shape[-1],
+                                  blocks=stored_blocks(weights))
     for layer in model.layers:
         if layer.__class__.__name__ == "Conv2D":
             layer.set_weights([weights[f"{layer.name}/kernel"], weights[f"{layer.name}/bias"]])
-    model.save(args.output)
+    write_atomically(args.output, model.save)
     print(f"{args.output}: {modules.network_description(model)}, from {args.weights}")
 
 
-# --- train (the GPU machine: PyTorch, numpy, constants) -----------------------
+# --- train (the GPU machine: PyTorch, numpy, constants, atomic_files) ---------
 
 def layer_names(blocks):
-    """Keras layer names of the torch network's convolutions, in the order of torch_convolutions."""
+    """Keras layer names of the torch network's convolutions, in the order of its ModuleList."""
     return (["head_conv"] + [f"block{b}_conv{i}" for b in range(1, blocks + 1) for i in (1, 2)]
             + ["body_end_conv", "conv4_linear"])
 
 
 def torch_network(torch, filters, blocks, factor):
+    """modules.get_quality_model's network (one channel) as a torch module; convolutions in layer_names order."""
     nn = torch.nn
 
     class Quality(nn.Module):
@@ -178,6 +196,7 @@ def load_start(torch, net, stored, blocks):
 
 
 def stored_weights(net, blocks):
+    """The torch network's weights in Keras layouts, by layer name (the inverse of load_start)."""
     found = {}
     for name, conv in zip(layer_names(blocks), net.convs):
         found[f"{name}/kernel"] = np.transpose(conv.weight.detach().float().cpu().numpy(), (2, 3, 1, 0))
@@ -186,7 +205,8 @@ def stored_weights(net, blocks):
 
 
 def training_batch(torch, images, boxes, batch, patch, generator):
-    """(input, target) of train.py's recipe, made on the GPU for `batch` random slices."""
+    """(input, target) of train.py's recipe (dataset.make_training_dataset with augmentation), made on the
+    device for `batch` slices drawn at random (with replacement, where train.py permutes each epoch)."""
     device = images.device
     uniform = lambda *shape: torch.rand(*shape, device=device, generator=generator)  # noqa: E731
     index = torch.randint(len(images), (batch,), device=device, generator=generator)
@@ -219,58 +239,94 @@ def training_batch(torch, images, boxes, batch, patch, generator):
 
 
 def validation_psnr(torch, net, validation, batch=32):
-    """Mean PSNR (dB, peak 1) of whole validation slices, area-downsampled, as train.py's validation."""
+    """Mean PSNR (dB, peak 1) of whole validation slices, area-downsampled, as train.py's validation
+    (modules.psnr_ssim: the output clipped to [0, 1], each slice's PSNR capped at constants.PSNR_CAP_DB)."""
     scores = []
     with torch.no_grad():  # float32 (TF32 convolutions on a GPU), as the shipped model runs
         for start in range(0, len(validation), batch):
             target = validation[start:start + batch].float()[:, None] / 255.0
-            output = net(torch.nn.functional.avg_pool2d(target, FACTOR)).float()
-            mse = ((output - target) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-            scores.append(-10.0 * torch.log10(mse))
+            output = net(torch.nn.functional.avg_pool2d(target, FACTOR)).float().clamp(0.0, 1.0)
+            mse = ((output - target) ** 2).mean(dim=(1, 2, 3))
+            scores.append((-10.0 * torch.log10(mse)).clamp(max=constants.PSNR_CAP_DB))
     return float(torch.cat(scores).mean())
 
 
-def save_atomically(path, weights):
-    temporary = path + ".partial.npz"
-    np.savez(temporary, **weights)
-    os.replace(temporary, path)
+def stage_inputs(args):
+    """(start weights, training slices, their tissue boxes, validation slices) from the packs (numpy);
+    ValueError in words where a part is missing."""
+    packs = [read_pack(path) for path in args.pack]
+    weights = next((pack for pack in packs if "head_conv/kernel" in pack), {})
+    if args.init_weights:  # an earlier `train`'s weights.npz instead of the pack's start model
+        with np.load(args.init_weights) as previous:
+            weights = dict(previous)
+    if "head_conv/kernel" not in weights:
+        raise ValueError("no start weights: give a pack made with --init-model, or --init-weights")
+    validation = next((pack["validation"] for pack in packs if "validation" in pack), np.zeros((0,)))
+    if len(validation) == 0:
+        raise ValueError("no validation slices: one pack must be made with --data-dir (and validation slices)")
+    return (weights, np.concatenate([pack["images"] for pack in packs]),
+            np.concatenate([pack["boxes"] for pack in packs]).astype(np.int64), validation)
+
+
+def learning_rate_at(share, peak):
+    """The rate at `share` (0-1) of the time budget: a linear warm-up, then a cosine to LR_FLOOR x peak."""
+    warm_up = min(1.0, share / WARM_UP_SHARE)
+    return peak * warm_up * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(share, 1.0))))
+
+
+def check_patch(patch):
+    if patch % FACTOR or not FACTOR <= patch < constants.TARGET_SIZE:
+        raise ValueError(f"--patch-size {patch}: a multiple of {FACTOR} below {constants.TARGET_SIZE}")
 
 
 def run_training(args):
+    """One stage: the start network on the device, trained for --minutes, its weights saved as it goes."""
     import torch
 
+    check_patch(args.patch_size)
+    weights, images, boxes, validation = stage_inputs(args)
+    start_blocks = stored_blocks(weights)
+    blocks = args.blocks or start_blocks
+    if blocks < start_blocks:
+        raise ValueError(f"--blocks {blocks}: the start network has {start_blocks}; a stage can add blocks, "
+                         "not drop them")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
-    packs = [read_pack(path) for path in args.pack]
-    stored = next(pack for pack in packs if "head_conv/kernel" in pack)
-    if args.init_weights:  # a previous stage's weights.npz instead of the pack's start model
-        with np.load(args.init_weights) as previous:
-            stored = {**stored, **previous}
-    images = torch.from_numpy(np.concatenate([pack["images"] for pack in packs])).to(device)
-    boxes = torch.from_numpy(np.concatenate([pack["boxes"] for pack in packs]).astype(np.int64)).to(device)
-    validation = torch.from_numpy(next(pack["validation"] for pack in packs if "validation" in pack)).to(device)
-    filters = stored["head_conv/kernel"].shape[-1]
-    start_blocks = sum(1 for key in stored if key.endswith("_conv1/kernel") and key.startswith("block"))
-    blocks = args.blocks or start_blocks
-    net = torch_network(torch, filters, blocks, FACTOR).to(device).to(memory_format=torch.channels_last)
+    images, boxes, validation = (torch.from_numpy(array).to(device) for array in (images, boxes, validation))
+    net = torch_network(torch, weights["head_conv/kernel"].shape[-1], blocks, FACTOR).to(device)
+    net = net.to(memory_format=torch.channels_last)
     torch.manual_seed(args.seed)
-    load_start(torch, net, stored, blocks)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
+    load_start(torch, net, weights, blocks)
     os.makedirs(args.output_dir, exist_ok=True)
-    weights_path = os.path.join(args.output_dir, "weights.npz")
     log = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "blocks": blocks,
-           "start_blocks": start_blocks, "filters": filters, "training_slices": len(images),
-           "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.learning_rate,
-           "minutes": args.minutes, "validation_psnr_start": validation_psnr(torch, net, validation), "points": []}
+           "start_blocks": start_blocks, "training_slices": len(images), **{
+               key: getattr(args, key) for key in ("batch_size", "patch_size", "learning_rate", "minutes")},
+           "validation_psnr_start": validation_psnr(torch, net, validation), "points": []}
     print(f"{log['device']}: {blocks} blocks (start {start_blocks}), {len(images)} slices, validation "
           f"{log['validation_psnr_start']:.3f} dB at the start", flush=True)
+    steps = train_for(torch, args, net, images, boxes, validation, log)
+    log.update(steps=steps, validation_psnr_end=validation_psnr(torch, net, validation))
+    write_atomically(os.path.join(args.output_dir, "log.json"),
+                     lambda path: pathlib.Path(path).write_text(json.dumps(log, indent=1)))
+    print(f"{steps} steps in {log['seconds']} s; validation {log['validation_psnr_start']:.3f} -> "
+          f"{log['validation_psnr_end']:.3f} dB; weights in {args.output_dir}/weights.npz", flush=True)
+
+
+def train_for(torch, args, net, images, boxes, validation, log):
+    """Adam on MSE, bfloat16 autocast on a GPU, for --minutes (or --max-steps); weights.npz written every
+    --save-every seconds and at the end, a point of the validation curve with each.  Returns the steps run."""
+    device = images.device.type
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.learning_rate)
+    weights_path = os.path.join(args.output_dir, "weights.npz")
+
+    def save():
+        write_atomically(weights_path, lambda path: np.savez(path, **stored_weights(net, net.blocks)))
+
     budget, began, last_save, step, losses = args.minutes * 60.0, time.time(), time.time(), 0, []
     while (elapsed := time.time() - began) < budget and step < (args.max_steps or math.inf):
-        share = elapsed / budget
-        warm_up = min(1.0, share / WARM_UP_SHARE)
         for group in optimizer.param_groups:
-            group["lr"] = args.learning_rate * warm_up * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * share)))
+            group["lr"] = learning_rate_at(elapsed / budget, args.learning_rate)
         low_res, target = training_batch(torch, images, boxes, args.batch_size, args.patch_size, generator)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             output = net(low_res.contiguous(memory_format=torch.channels_last))
@@ -282,40 +338,38 @@ def run_training(args):
         if step % 100 == 0:
             losses.append(float(loss.detach()))
         if time.time() - last_save > args.save_every:
-            save_atomically(weights_path, stored_weights(net, blocks))
+            save()
             last_save = time.time()
-            point = {"step": step, "seconds": round(time.time() - began, 1),
+            point = {"step": step, "seconds": round(last_save - began, 1),
                      "loss": float(np.mean(losses[-20:])) if losses else None,
                      "validation_psnr": validation_psnr(torch, net, validation)}
             log["points"].append(point)
             print(json.dumps(point), flush=True)
-    save_atomically(weights_path, stored_weights(net, blocks))
-    log.update(steps=step, seconds=round(time.time() - began, 1),
-               validation_psnr_end=validation_psnr(torch, net, validation))
-    with open(os.path.join(args.output_dir, "log.json"), "w") as handle:
-        json.dump(log, handle, indent=1)
-    print(f"{step} steps in {log['seconds']} s; validation {log['validation_psnr_start']:.3f} -> "
-          f"{log['validation_psnr_end']:.3f} dB; weights in {weights_path}", flush=True)
+    save()
+    log["seconds"] = round(time.time() - began, 1)
+    return step
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("pack", help="slices and start weights into one .npz (needs TensorFlow)")
+    p = commands.add_parser("pack", help="slices and start weights into one .npz.xz (needs TensorFlow)")
     p.add_argument("--data-dir", help="train/ and validation/ as train.py reads them")
-    p.add_argument("--extra-train-dir", nargs="+", metavar="DIR")
-    p.add_argument("--init-model", help="the .keras quality network x4 to start from")
+    p.add_argument("--extra-train-dir", nargs="+", metavar="DIR", help="tiled into training slices, as train.py's")
+    p.add_argument("--init-model", help="the .keras in-plane x4 quality network to start from")
     p.add_argument("--output", required=True)
     t = commands.add_parser("train", help="one stage on a GPU (needs PyTorch)")
-    t.add_argument("--pack", required=True, nargs="+", help="packs: one with validation slices and weights")
+    t.add_argument("--pack", required=True, nargs="+", help="packs; one with validation slices")
     t.add_argument("--output-dir", required=True)
-    t.add_argument("--init-weights", help="start from this weights.npz of an earlier `train` instead")
+    t.add_argument("--init-weights", help="start from an earlier `train`'s weights.npz (Adam and the schedule "
+                                          "start afresh: a new stage, not a resume)")
     t.add_argument("--minutes", type=float, default=7.0, help="training time; the cosine spans it")
     t.add_argument("--max-steps", type=int, default=0, help="stop after this many steps too (0: time alone)")
-    t.add_argument("--blocks", type=int, default=0, help="residual blocks (0: the start model's)")
+    t.add_argument("--blocks", type=int, default=0, help="residual blocks, at least the start's (0: the start's)")
     t.add_argument("--learning-rate", type=float, default=2e-4)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--patch-size", type=int, default=128, help="high-resolution crop side (a multiple of 4)")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--patch-size", type=int, default=128, help="high-resolution crop side, a multiple of 4 "
+                                                                "(stages 1-3 used 128)")
     t.add_argument("--save-every", type=float, default=60.0, help="seconds between weight saves")
     t.add_argument("--seed", type=int, default=constants.SEED)
     u = commands.add_parser("unpack", help="weights.npz into a .keras quality network (needs TensorFlow)")
