@@ -64,9 +64,12 @@ LEARNING_RATE = 1e-3     # Adam; scaled linearly with the number of replicas
 # trains super-resolution nets to a higher PSNR (EDSR, Lim et al. 2017).
 LOSS = "mse"
 PATIENCE = 8             # early stopping on validation loss, best weights kept
-# "cosine" decays the rate to 2% over the run: a few tenths of a dB better
-# than a constant rate for the same epochs; "constant" is the seed's.
+# "cosine" decays the rate to LR_FLOOR (2%) of itself over the run: a few
+# tenths of a dB better than a constant rate for the same epochs; "constant"
+# is the seed's.  The same floor ends per-volume adaptation's cosine and
+# tools/accelerator_stage.py's.
 LR_SCHEDULE = "cosine"
+LR_FLOOR = 0.02
 # Training crops: PATCH_SIZE x PATCH_SIZE high-resolution crops centred where
 # the tissue is, instead of whole mostly-black slices: 4x fewer FLOPs a sample
 # and far more variety per second of CPU.  0 trains on whole slices (the seed).

@@ -241,7 +241,8 @@ def adapt(start, planes, factor, thickness_ratio, *, steps, deadline, settings, 
     began = time.monotonic() if began is None else began
     done = 0
     while done < steps and stale < settings.patience and time.monotonic() < deadline:
-        optimizer.learning_rate.assign(base_rate * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * done / steps))))
+        cosine = 0.5 * (1 + np.cos(np.pi * done / steps))
+        optimizer.learning_rate.assign(base_rate * (constants.LR_FLOOR + (1 - constants.LR_FLOOR) * cosine))
         step(tuple(tf.constant(array) for array in crops.batch(settings.batch_size or constants.ADAPT_BATCH_SIZE)))
         done += 1
         if done % constants.ADAPT_CHECK_STEPS == 0:

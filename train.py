@@ -342,7 +342,7 @@ def make_optimizer(args, steps_per_epoch, replicas, policy):
     learning_rate = args.learning_rate * replicas  # linear scaling with the global batch
     if args.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=max(1, args.epochs * steps_per_epoch), alpha=0.02)
+            learning_rate, decay_steps=max(1, args.epochs * steps_per_epoch), alpha=constants.LR_FLOOR)
     return modules.adam(learning_rate, policy)
 
 

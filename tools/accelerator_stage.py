@@ -56,7 +56,6 @@ import constants  # noqa: E402  (standard library only: no TensorFlow on the GPU
 from atomic_files import write_atomically  # noqa: E402  (likewise)
 
 FACTOR = constants.UPSCALE_FACTOR  # the shipped quality network's in-plane factor
-LR_FLOOR = 0.02  # train.py's cosine ends at 2% of the rate
 # a linear warm-up over the first 3% of the time: Adam's first steps move every weight by about the full rate,
 # and from a trained start that cost 0.3 dB of validation in 6 steps (CPU smoke run, batch 4)
 WARM_UP_SHARE = 0.03
@@ -269,9 +268,10 @@ def stage_inputs(args):
 
 
 def learning_rate_at(share, peak):
-    """The rate at `share` (0-1) of the time budget: a linear warm-up, then a cosine to LR_FLOOR x peak."""
+    """The rate at `share` (0-1) of the time budget: a linear warm-up, then a cosine to constants.LR_FLOOR x peak."""
     warm_up = min(1.0, share / WARM_UP_SHARE)
-    return peak * warm_up * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(share, 1.0))))
+    floor = constants.LR_FLOOR  # train.py's cosine ends there too
+    return peak * warm_up * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(share, 1.0))))
 
 
 def check_patch(patch):
