@@ -194,16 +194,19 @@ def accelerator_stage_tool(monkeypatch):
     return importlib.import_module("accelerator_stage")
 
 
-def test_accelerator_stage_packs_slices_and_brings_weights_back_into_the_keras_network(tmp_path, monkeypatch):
+@pytest.mark.parametrize("factor, one_d", [(4, False), (3, True)])
+def test_accelerator_stage_packs_slices_and_brings_weights_back_into_the_keras_network(tmp_path, monkeypatch,
+                                                                                       factor, one_d):
     """tools/accelerator_stage.py (a training stage on a GPU without TensorFlow): `pack` stores the slices as
-    train.py decodes them and the start model's convolutions in Keras layouts; the torch network's convolution
-    order (layer_names) is the Keras network's; `unpack` rebuilds a network that computes what the stored one did
-    (a wrong name mapping changes the output); an ESPCN as --init-model is refused in one line before any upload.
-    The torch side: the next test, where PyTorch is installed."""
+    train.py decodes them (--part K/N: every N-th from the K-th, validation in part 1 only) and the start model's
+    convolutions in Keras layouts with its factors; the torch network's convolution order (layer_names) is the
+    Keras network's; `unpack` rebuilds a network, in-plane or through-plane, that computes what the stored one
+    did (a wrong name mapping changes the output); an ESPCN as --init-model is refused in one line before any
+    upload.  The torch side: the next tests, where PyTorch is installed."""
     import dataset
 
     accelerator_stage = accelerator_stage_tool(monkeypatch)
-    model = small_quality(4, blocks=2)
+    model = small_quality(factor, one_d=one_d, blocks=2)
     convolutions = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convolutions == accelerator_stage.layer_names(2)
     start = tmp_path / "start.keras"
@@ -214,15 +217,25 @@ def test_accelerator_stage_packs_slices_and_brings_weights_back_into_the_keras_n
                                    "--output", str(packed)]) == 0
     stored = accelerator_stage.read_pack(str(packed))
     train_paths, val_paths = dataset.train_validation_paths(str(data))
-    np.testing.assert_array_equal(stored["images"], dataset.load_slices(train_paths, progress=False).images)
+    train_images = dataset.load_slices(train_paths, progress=False).images
+    np.testing.assert_array_equal(stored["images"], train_images)
     np.testing.assert_array_equal(stored["validation"], dataset.load_slices(val_paths, progress=False).images)
+    assert accelerator_stage.stored_factors(stored) == ((factor, 1) if one_d else (factor, factor))
+    for part in (1, 2):
+        assert accelerator_stage.main(["pack", "--data-dir", str(data), "--part", f"{part}/2",
+                                       "--output", str(tmp_path / f"part{part}.npz.xz")]) == 0
+    first, second = (accelerator_stage.read_pack(str(tmp_path / f"part{part}.npz.xz")) for part in (1, 2))
+    np.testing.assert_array_equal(first["images"], train_images[0::2])
+    np.testing.assert_array_equal(second["images"], train_images[1::2])
+    assert "validation" in first and "validation" not in second and "head_conv/kernel" not in first
 
     weights = tmp_path / "weights.npz"
-    np.savez(weights, **{key: value for key, value in stored.items() if "/" in key})
+    np.savez(weights, **{key: value for key, value in stored.items() if "/" in key or key == "factors"})
     back = tmp_path / "back.keras"
     assert accelerator_stage.main(["unpack", "--weights", str(weights), "--output", str(back)]) == 0
     loaded = keras.models.load_model(back, safe_mode=True)
     assert modules.quality_blocks(loaded) == 2 and loaded.get_layer("head_conv").filters == 8
+    assert modules.upscale_factors(loaded) == modules.upscale_factors(model)
     x = np.random.default_rng(1).random((1, 12, 10, 1), dtype=np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
@@ -233,26 +246,51 @@ def test_accelerator_stage_packs_slices_and_brings_weights_back_into_the_keras_n
     assert not (tmp_path / "refused.npz.xz").exists()
 
 
-def test_accelerator_stage_torch_network_computes_the_keras_network(monkeypatch):
+@pytest.mark.parametrize("factor, one_d", [(4, False), (3, True)])
+def test_accelerator_stage_torch_network_computes_the_keras_network(monkeypatch, factor, one_d):
     """Where PyTorch is installed (it is not a requirement; skipped elsewhere; run on 2026-12-04 with torch
     2.13 CPU): the torch network, given a Keras quality network's weights, computes its output (pixel order,
-    padding, layouts), stored_weights gives them back unchanged, and a network grown by two blocks starts at
-    the same output (its new blocks are identities)."""
+    padding, layouts; in-plane and through-plane), stored_weights gives them back unchanged, and a network grown
+    by two blocks starts at the same output (its new blocks are identities)."""
     torch = pytest.importorskip("torch")
     accelerator_stage = accelerator_stage_tool(monkeypatch)
-    model = small_quality(4, blocks=2)
+    keras.utils.set_random_seed(6)  # the body's He-normal start: outputs up to ~20, float32 rounding ~1e-5
+    model = small_quality(factor, one_d=one_d, blocks=2)
     weights = accelerator_stage.keras_weights(model)
+    factors = accelerator_stage.stored_factors(weights)
     x = np.random.default_rng(2).random((2, 11, 9, 1), dtype=np.float32)
     expected = model.predict(x, verbose=0)[..., 0]
     for blocks in (2, 4):
-        net = accelerator_stage.torch_network(torch, 8, blocks, 4)
+        net = accelerator_stage.torch_network(torch, 8, blocks, factors)
         accelerator_stage.load_start(torch, net, weights, blocks)
         with torch.no_grad():
             output = net(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()[:, 0]
-        np.testing.assert_allclose(output, expected, atol=1e-5)
-    net = accelerator_stage.torch_network(torch, 8, 2, 4)
+        np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-5)  # a wrong layout: differences of ~1
+    net = accelerator_stage.torch_network(torch, 8, 2, factors)
     accelerator_stage.load_start(torch, net, weights, 2)
     back = accelerator_stage.stored_weights(net, 2)
     assert back.keys() == weights.keys()
     for key, value in weights.items():
         np.testing.assert_array_equal(back[key], value)
+
+
+@pytest.mark.parametrize("factors, ratio", [((4, 4), 1.0), ((3, 1), 1.0), ((4, 1), 0.7)])
+def test_accelerator_stage_makes_the_inputs_train_py_makes(monkeypatch, factors, ratio):
+    """Where PyTorch is installed: the torch side's inputs are dataset's, for the same targets: area
+    downsampling in-plane, thick rows through-plane (validation without gaps; in training, a crop as thick
+    as the thickness ratio drawn for it, here the only one)."""
+    import dataset
+
+    torch = pytest.importorskip("torch")
+    accelerator_stage = accelerator_stage_tool(monkeypatch)
+    targets = np.random.default_rng(3).random((3, 24, 20, 1), dtype=np.float32)
+    pairs = accelerator_stage.PairMaker(torch, factors, (ratio,))
+    as_torch = torch.from_numpy(targets.transpose(0, 3, 1, 2).copy())
+    if factors[1] == 1:
+        expected = dataset.make_thick_pair(targets, factors[0], ratio)[0].numpy()
+        generator = torch.Generator().manual_seed(0) if ratio != 1.0 else None
+        made = pairs.low_res(as_torch, generator)
+    else:
+        expected = dataset.make_pair(targets, factors[0])[0].numpy()
+        made = pairs.low_res(as_torch)
+    np.testing.assert_allclose(made.numpy().transpose(0, 2, 3, 1), expected, atol=1e-6)
