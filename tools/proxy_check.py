@@ -1,6 +1,7 @@
 """A fixed proxy for real scans, scored as a user's acceptance check does: model vs bicubic, x4.
 
-usage: python tools/proxy_check.py [--model PATH] [--work-dir DIR] [--json PATH] [--extra-real FILE[:SLICE] ...]
+usage: python tools/proxy_check.py [--model PATH] [--precision P] [--work-dir DIR] [--json PATH]
+    [--extra-real FILE[:SLICE] ...]
 
 Each proxy slice (8-bit, cropped to a multiple of 4) is shrunk 4x by area
 averaging into an 8-bit PNG, super-resolved by `predict.py --input LR.png
@@ -150,10 +151,12 @@ def bicubic_8bit(low_res):
     return np.round(upscaled * 255.0).astype(np.uint8)
 
 
-def run_predict(model, inputs, output_dir):
+def run_predict(model, inputs, output_dir, precision=None):
     command = [sys.executable, os.path.join(ROOT, "predict.py"), "--input", *inputs, "--output-dir", output_dir]
     if model:
         command += ["--model", model]
+    if precision:
+        command += ["--precision", precision]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
@@ -161,7 +164,7 @@ def group_of(name):
     return name.split("_")[0]
 
 
-def score(model, work_dir, extra_real=()):
+def score(model, work_dir, extra_real=(), precision=None):
     """Per-slice and per-group PSNR of model and bicubic (8-bit), and the gain."""
     originals, inputs = {}, []
     for name, image in proxy_slices(extra_real):
@@ -170,7 +173,7 @@ def score(model, work_dir, extra_real=()):
         Image.fromarray(area_downsample(image)).save(path)
         inputs.append(path)
     out_dir = os.path.join(work_dir, "out")
-    run_predict(model, inputs, out_dir)
+    run_predict(model, inputs, out_dir, precision)
     rows = []
     for name, original in originals.items():
         low_res = np.asarray(Image.open(os.path.join(work_dir, f"{name}.png")))
@@ -182,12 +185,16 @@ def score(model, work_dir, extra_real=()):
     for group in ("real", "synthetic", "general", "all"):
         members = [row["gain"] for row in rows if group == "all" or group_of(row["name"]) == group]
         groups[group] = {"mean_gain": float(np.mean(members)), "min_gain": float(np.min(members)), "n": len(members)}
-    return {"model": model or "predict.py's default", "slices": rows, "groups": groups}
+    return {"model": model or "predict.py's default", "precision": precision or "predict.py's default",
+            "slices": rows, "groups": groups}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="a .keras model (default: predict.py's own choice)")
+    parser.add_argument("--model", default=None, help="predict.py's --model: a .keras file, espcn or quality "
+                                                      "(default: predict.py's own choice)")
+    parser.add_argument("--precision", default=None, choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+                        help="predict.py's --precision (default: its own, auto)")
     parser.add_argument("--work-dir", default=None, help="keep the proxy PNGs and outputs here")
     parser.add_argument("--json", default=None, help="also write the scores here")
     parser.add_argument("--remake-synthetic", action="store_true",
@@ -200,7 +207,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = args.work_dir or scratch
         os.makedirs(work_dir, exist_ok=True)
-        result = score(args.model, work_dir, args.extra_real)
+        result = score(args.model, work_dir, args.extra_real, args.precision)
     for row in result["slices"]:
         print(f"{row['name']:32s} model {row['model_psnr']:6.2f} dB  bicubic {row['bicubic_psnr']:6.2f} dB  "
               f"gain {row['gain']:+.2f}")
