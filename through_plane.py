@@ -428,15 +428,16 @@ def refine(model, volume, geometry, settings, progress=None, began=None, working
 
 
 def detail_finer_than_working(volume, working, geometry):
-    """The input's in-plane detail that the working grid cannot hold, on the output grid (0 where it holds it all).
+    """What the input loses on its way to the working grid and back, on the output grid (0 on the same grid).
 
     A working grid coarser in-plane than the input (0.87 mm pixels, 4 mm
     slices refined x4 on a 1 mm grid) loses the finest in-plane detail on the
-    way there and back.  What the thick slices lose that way is known; spread
-    along the slice axis by cubic B-spline, as the baseline spreads whole
-    slices, it comes back smooth across the slices.  Data consistency alone
-    would put it back too, but as a staircase: each thick slice's share on
-    each of its fine slices.
+    way there and back; a finer one (1.2 mm pixels at x4) changes a little
+    on the way (B-spline up, box mean down).  What the thick slices lose that
+    way is known; spread along the slices by cubic B-spline, as the baseline
+    spreads whole slices, it comes back smooth across the slices.  Data
+    consistency alone would put it back too, but as a staircase: each thick
+    slice's share on each of its fine slices.
     """
     if working.shape == volume.shape:
         return 0.0

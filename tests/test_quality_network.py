@@ -294,3 +294,27 @@ def test_accelerator_stage_makes_the_inputs_train_py_makes(monkeypatch, factors,
         expected = dataset.make_pair(targets, factors[0])[0].numpy()
         made = pairs.low_res(as_torch)
     np.testing.assert_allclose(made.numpy().transpose(0, 2, 3, 1), expected, atol=1e-6)
+
+
+def test_accelerator_stage_draws_a_thickness_per_crop_and_validates_any_factor(monkeypatch):
+    """Where PyTorch is installed: with two thickness ratios each crop's input is dataset's thick rows at one of
+    them, and both are drawn; validation runs for a factor that does not divide the slices (in-plane x3 on 256:
+    targets cut to 255, as dataset.downsample floors; through-plane x3 likewise)."""
+    import dataset
+
+    torch = pytest.importorskip("torch")
+    accelerator_stage = accelerator_stage_tool(monkeypatch)
+    targets = np.random.default_rng(4).random((8, 24, 20, 1), dtype=np.float32)
+    pairs = accelerator_stage.PairMaker(torch, (4, 1), (0.7, 1.0))
+    made = pairs.low_res(torch.from_numpy(targets.transpose(0, 3, 1, 2).copy()),
+                         torch.Generator().manual_seed(0)).numpy().transpose(0, 2, 3, 1)
+    by_ratio = {ratio: dataset.make_thick_pair(targets, 4, ratio)[0].numpy() for ratio in (0.7, 1.0)}
+    drawn = [[ratio for ratio, thick in by_ratio.items() if np.allclose(made[i], thick[i], atol=1e-6)]
+             for i in range(len(targets))]
+    assert all(len(ratios) == 1 for ratios in drawn), drawn
+    assert {ratios[0] for ratios in drawn} == {0.7, 1.0}, drawn
+    validation = torch.from_numpy(np.random.default_rng(5).integers(0, 256, (2, 256, 256), dtype=np.uint8))
+    for factors in ((3, 3), (3, 1)):
+        net = accelerator_stage.torch_network(torch, 4, 1, factors)
+        psnr = accelerator_stage.validation_psnr(torch, net, validation, accelerator_stage.PairMaker(torch, factors))
+        assert np.isfinite(psnr) and psnr > 0

@@ -159,8 +159,9 @@ def stored_blocks(weights):
 
 
 def stored_factors(weights):
-    """(rows, columns) upscale factors of a store of weights: (r, r) in-plane, (F, 1) through-plane."""
-    rows, columns = (int(value) for value in weights["factors"])
+    """(rows, columns) upscale factors of a store of weights: (r, r) in-plane, (F, 1) through-plane; a store
+    written before factors were stored (the in-plane stage 4's) is in-plane x4."""
+    rows, columns = (int(value) for value in weights.get("factors", (constants.UPSCALE_FACTOR,) * 2))
     return rows, columns
 
 
@@ -260,10 +261,11 @@ class PairMaker:
         self.torch, self.factors, self.ratios = torch, factors, tuple(thickness_ratios)
         self.cache = {}
 
-    def rows_kept(self, height):
-        """Target rows a pair keeps: a whole number of thick slices (all rows in-plane)."""
+    def cut(self, target):
+        """The (N, 1, H, W) target cut to what a pair keeps: whole thick slices of rows through-plane; in-plane,
+        rows and columns to multiples of the factor (dataset.downsample's floor)."""
         rows, columns = self.factors
-        return height if columns == rows else height // rows * rows
+        return target[:, :, :target.shape[2] // rows * rows, :target.shape[3] // columns * columns]
 
     def matrices(self, height, device, ratios):
         """(len(ratios), thick rows, fine rows) thick-slice weights for targets of `height` rows."""
@@ -275,7 +277,7 @@ class PairMaker:
         return self.cache[key]
 
     def low_res(self, target, generator=None):
-        """The input for `target` (rows already cut to rows_kept); generator None: no gaps (validation)."""
+        """The input for `target` (already cut); generator None: no gaps (validation)."""
         rows, columns = self.factors
         if columns == rows:
             return self.torch.nn.functional.avg_pool2d(target, rows)
@@ -333,7 +335,7 @@ def validation_psnr(torch, net, validation, pairs, batch=32):
     with torch.no_grad():  # float32 (TF32 convolutions on a GPU), as the shipped model runs
         for start in range(0, len(validation), batch):
             target = validation[start:start + batch].float()[:, None] / 255.0
-            target = target[:, :, :pairs.rows_kept(target.shape[2])]
+            target = pairs.cut(target)
             output = net(pairs.low_res(target)).float().clamp(0.0, 1.0)
             mse = ((output - target) ** 2).mean(dim=(1, 2, 3))
             scores.append((-10.0 * torch.log10(mse)).clamp(max=constants.PSNR_CAP_DB))
