@@ -72,7 +72,16 @@ def regular_weights(n_thick, factor, thickness_ratio=1.0, profile=constants.SLIC
 
 
 def along_axis(weights, volume, axis):
-    """`weights` (m, n) applied along `axis` (length n) of `volume`: that axis becomes length m (float32)."""
+    """`weights` (m, n) applied along `axis` (length n) of `volume`: that axis becomes length m (float32).
+
+    A float32 volume is weighted in float32: numpy multiplies float64 weights
+    by float32 voxels on a slow path (data consistency on a 288x288x180
+    output, x4: 1.4 s against 0.1 s; a 256x256x180 estimate onto 0.43 mm
+    pixels: 5.9 against 3.8 s; 2-core Xeon with AMX) for voxels that differ
+    by about 1e-6.  A float64 volume (cubic_spline's) keeps float64 math.
+    """
+    if volume.dtype == np.float32:
+        weights = weights.astype(np.float32)
     moved = np.tensordot(weights, np.moveaxis(volume, axis, 0), axes=(1, 0))
     return np.moveaxis(moved, 0, axis).astype(np.float32)
 
