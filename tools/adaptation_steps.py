@@ -6,15 +6,20 @@ usage:
 
 For each test head of tools/real_volumes.py's tree and each of its thick volumes whose factor is in
 --factors, the volume is refined as predict.py --through-plane refines it (through_plane.
-super_resolve_through_plane: the same scaling, adaptation, inference, data consistency and clipping), once
-per --steps value: 0 is the pretrained model alone (--no-adapt), N > 0 is adaptation for exactly N steps,
-with neither a time bound nor the early stop, so that a run repeats whatever the machine's speed or load;
-each --keep value (the share of adaptation's weight change kept, predict.py --adapt-keep) is a run of its own.
+super_resolve_through_plane: the same scaling, inference, data consistency and clipping; adaptation by
+through_plane.adapt on the same working grid), once per --steps value: 0 is the pretrained model alone
+(--no-adapt), N > 0 is adaptation as predict.py --adapt-steps N adapts (N steps, fewer on volumes over 8M
+working voxels: through_plane.adaptation_steps), with neither a time bound nor the early stop, so that a run
+repeats whatever the machine's speed or load; each --keep value (the share of adaptation's weight change
+kept, predict.py --adapt-keep) is refined with a point between the pretrained and that one adapted model.
+Precision: predict.py's default, auto (mixed bfloat16 on CPUs with AVX-512 BF16 or AMX).
 The gain is scored as tools/through_plane_check.py scores it (PSNR over the whole volume, range = the fine
 reference's max - min, against cubic B-spline clipped to the thick volume's range).  One line a run.
-Not a test: every adapted run trains for N steps (about 26 ms each on a quiet 2-core EPYC).
+Not a test: each volume's adaptation trains for up to N steps (quality network: about 0.15 s each on a
+2-core Xeon with AMX), and each run refines the volume (5-20 s).
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -26,25 +31,64 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import constants  # noqa: E402
+import modules  # noqa: E402
 import slice_geometry  # noqa: E402
 import through_plane  # noqa: E402
+import volumes  # noqa: E402
 from cli import unit_share  # noqa: E402
 from through_plane_check import psnr_against_spline  # noqa: E402  (this folder is on the path when run as a script)
 
+PRECISION = "auto"  # predict.py's default
 
-def gain(volume_entry, tree, model, settings):
-    """(gain in dB over cubic spline, the run's note) for one thick volume of the tree's split.json."""
+
+class InMemoryModel:
+    """Serves one model already in memory where through_plane takes a ModelSource."""
+
+    def __init__(self, model, note, precision):
+        self.model, self.note, self.precision = model, note, precision
+
+    def starting_model(self, factor):
+        return self.model, self.note
+
+
+def read_volume(volume_entry, tree):
+    """(thick image, thick float32 array, fine reference float64 array, geometry) of one entry of split.json."""
     image = nib.load(os.path.join(tree, volume_entry["thick"]))
     thick = image.get_fdata(dtype=np.float32)
     truth = nib.load(os.path.join(tree, volume_entry["reference"])).get_fdata(dtype=np.float64)
-    axis, factor = volume_entry["axis"], volume_entry["factor"]
-    source = through_plane.ModelSource(model, "auto")
-    geometry = slice_geometry.read_geometry(image.header.get_zooms(), thick.shape, axis=axis, factor=factor)
-    output, prepared, _, _ = through_plane.super_resolve_through_plane(source, image, thick, geometry, settings)
-    note = prepared.note
+    geometry = slice_geometry.read_geometry(image.header.get_zooms(), thick.shape, axis=volume_entry["axis"],
+                                            factor=volume_entry["factor"])
+    return image, thick, truth, geometry
+
+
+def gain(volume, source, settings):
+    """Gain in dB over cubic spline of one read_volume() refined by predict.py's path with `settings`."""
+    image, thick, truth, geometry = volume
+    output, _, _, _ = through_plane.super_resolve_through_plane(source, image, thick, geometry, settings)
     model_psnr, spline_psnr = psnr_against_spline(output.astype(np.float64), thick.astype(np.float64), truth,
-                                                  axis, factor)
-    return model_psnr - spline_psnr, note
+                                                  geometry.axis, geometry.factor)
+    return model_psnr - spline_psnr
+
+
+def adapted_model(start, volume, settings):
+    """`start` adapted to the volume for settings.steps (scaled by its size) with all of the change kept.
+
+    The volume is scaled and put on its working grid as
+    through_plane.super_resolve_through_plane does it, and adapted by
+    through_plane.adapt; each --keep is then a point between `start` and this
+    model (through_plane.keep_share_of_change), so one adaptation serves them all.
+    """
+    _, thick, _, geometry = volume
+    low, high = volumes.robust_range(thick)
+    working = slice_geometry.resample((thick - low) / (high - low), geometry.working_shape())
+    steps = through_plane.adaptation_steps(int(np.prod(working.shape)) * geometry.factor, settings)
+    planes = np.ascontiguousarray(np.moveaxis(working, geometry.axis, 0))
+    complete = copy.copy(settings)
+    complete.keep = 1.0
+    model, done, _ = through_plane.adapt(start, planes, geometry.factor, geometry.thickness / geometry.spacing,
+                                         steps=steps, deadline=float("inf"), settings=complete,
+                                         precision=PRECISION)
+    return model, done
 
 
 def main(argv=None):
@@ -70,18 +114,33 @@ def main(argv=None):
         parser.error(f"--heads: not test heads of {args.tree}: {' '.join(unknown)}")
     if any(n < 0 for n in args.steps):
         parser.error("--steps: each must be 0 or more")
+    source = through_plane.ModelSource(args.model, PRECISION)
     for head in args.heads:
         for entry in (v for v in thick[head] if v["factor"] in args.factors):
+            volume = read_volume(entry, args.tree)
+            start, origin = source.starting_model(entry["factor"])
+            network = modules.network_of(start)
             for steps in args.steps:
-                for keep in args.keep if steps > 0 else [None]:
-                    settings = through_plane.Settings(adapt=steps > 0, seconds=float("inf"), steps=max(steps, 1),
-                                                      learning_rate=args.learning_rate, patience=float("inf"),
-                                                      keep=keep)
-                    began = time.monotonic()
-                    db, note = gain(entry, args.tree, args.model, settings)
+                began = time.monotonic()
+                settings = through_plane.Settings(adapt=False, seconds=float("inf"), steps=max(steps, 1),
+                                                  learning_rate=args.learning_rate, patience=float("inf"))
+                if steps == 0:
+                    runs = [(None, start)]
+                else:
+                    adapted, done = adapted_model(start, volume, settings.for_network(network))
+                    runs = []
+                    for keep in args.keep:
+                        keep = settings.for_network(network).keep if keep is None else keep
+                        model = modules.inference_model(start, PRECISION)
+                        model.set_weights(through_plane.keep_share_of_change(start.get_weights(),
+                                                                             adapted.get_weights(), keep))
+                        runs.append((keep, model))
+                for keep, model in runs:
+                    db = gain(volume, InMemoryModel(model, origin, PRECISION), settings)
+                    kept = "" if keep is None else f" ({done} steps, {keep:g} of the change kept)"
                     print(f"{head} x{entry['factor']} axis {entry['axis']} steps {steps:>5} lr "
-                          f"{args.learning_rate:g}: gain {db:+.3f} dB ({time.monotonic() - began:.0f} s; {note})",
-                          flush=True)
+                          f"{args.learning_rate:g}: gain {db:+.3f} dB{kept} ({time.monotonic() - began:.0f} s "
+                          "since this volume's steps began)", flush=True)
     return 0
 
 
