@@ -261,7 +261,7 @@ QUALITY_ADAPT_STEPS = 100
 # 21's 7 held-out heads (6 of the training scanner, 1 of another) it gains
 # +2.54 dB mean over cubic B-spline, weakest +1.83, against +2.48 / +1.73 for
 # half (the share chosen for the weaker third-stage models) and +2.54 / +1.81
-# for none; the other scanner's head is the same with a quarter as with half
+# for none; the other scanner's head's mean is within 0.02 dB of half's
 # (docs/through-plane.md, *Keeping part of the adaptation*).
 ADAPT_KEEP = 1.0
 QUALITY_ADAPT_KEEP = 0.25

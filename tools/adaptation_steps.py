@@ -15,7 +15,7 @@ kept, predict.py --adapt-keep) is refined with a point between the pretrained an
 Precision: predict.py's default, auto (mixed bfloat16 on CPUs with AVX-512 BF16 or AMX).
 The gain is scored as tools/through_plane_check.py scores it (PSNR over the whole volume, range = the fine
 reference's max - min, against cubic B-spline clipped to the thick volume's range).  One line a run.
-Not a test: each volume's adaptation trains for up to N steps (quality network: about 0.15 s each on a
+Not a test: each volume's adaptation trains for up to N steps (quality network: about 0.07-0.1 s each on a
 2-core Xeon with AMX), and each run refines the volume (5-20 s).
 """
 import argparse
@@ -31,6 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import constants  # noqa: E402
+import inference  # noqa: E402
 import modules  # noqa: E402
 import slice_geometry  # noqa: E402
 import through_plane  # noqa: E402
@@ -79,6 +80,7 @@ def adapted_model(start, volume, settings):
     model (through_plane.keep_share_of_change), so one adaptation serves them all.
     """
     _, thick, _, geometry = volume
+    thick = inference.finite_copy(thick)[0]  # NaN/Inf replaced as predict.py replaces them
     low, high = volumes.robust_range(thick)
     working = slice_geometry.resample((thick - low) / (high - low), geometry.working_shape())
     steps = through_plane.adaptation_steps(int(np.prod(working.shape)) * geometry.factor, settings)
@@ -119,6 +121,8 @@ def main(argv=None):
         for entry in (v for v in thick[head] if v["factor"] in args.factors):
             volume = read_volume(entry, args.tree)
             start, origin = source.starting_model(entry["factor"])
+            if start is None:
+                parser.error(f"{head}: no shipped model refines x{entry['factor']}: give --model")
             network = modules.network_of(start)
             for steps in args.steps:
                 began = time.monotonic()
