@@ -114,7 +114,7 @@ MODEL_FILENAME = "espcn.keras"
 # falls back to it when no freshly trained model exists at --model's default.
 PRETRAINED_MODEL = "pretrained/espcn_x4.keras"
 # The quality network's shipped in-plane model (predict.py --model quality) and
-# its through-plane ones (none shipped yet: see the README's Quality network).
+# its through-plane ones (QUALITY_THROUGH_PLANE_FACTORS; the README's Quality network).
 PRETRAINED_QUALITY = "pretrained/quality_x4.keras"
 PRETRAINED_QUALITY_THROUGH_PLANE = "pretrained/quality_through_x{factor}.keras"
 # The names predict.py --model takes besides a file: the shipped models of each network.
@@ -192,6 +192,13 @@ THROUGH_PLANE_COMPARE_FACTOR = 4
 # network works at (slice_geometry.py); below THROUGH_PLANE_MIN_RATIO a volume
 # is nearly isotropic and refused unless --through-plane-factor is given.
 THROUGH_PLANE_FACTORS = (2, 6)
+# The factors the quality network ships through-plane (pretrained/quality_through_x<F>.keras).
+# With --model quality and no --through-plane-factor, a volume whose ratio has no quality file
+# is refined at the nearest of these (ties: the larger), on a working grid of spacing / F: on
+# issue 28's clinical cases (../shared/bench/clinical_geometry.py; 5 and 6 mm slices, ratios 5
+# and 12) the quality network at x4 gained +1.95 and +1.59 dB over cubic B-spline where the
+# ESPCN at x5 and x6 gains +1.20 and +1.18 (README, *Quality network*).
+QUALITY_THROUGH_PLANE_FACTORS = (3, 4)
 THROUGH_PLANE_MIN_RATIO = 1.4
 # Seconds one volume may take (adaptation and inference): a cap, not a
 # target.  Adaptation runs its ADAPT_STEPS (below), so its result does not

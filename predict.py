@@ -437,16 +437,21 @@ def refine_through_plane(source, item, args, guard):
 
 
 def slice_geometry_of(item, image, data, args):
-    """The slice geometry of a volume: thickness from --slice-thickness, the DICOM header or a BIDS sidecar."""
+    """The slice geometry of a volume: thickness from --slice-thickness, the DICOM header or a BIDS sidecar.
+
+    With --model quality and no --through-plane-factor, the factor is the
+    nearest the quality network ships (constants.QUALITY_THROUGH_PLANE_FACTORS).
+    """
     thickness, source, sidecar = args.slice_thickness, "--slice-thickness", None
     if thickness is None and isinstance(item, dicom_series.Series):
         thickness, source = dicom_series.slice_thickness(item), "DICOM SliceThickness"
     elif thickness is None:
         sidecar = slice_geometry.sidecar_path(item)
+    shipped = constants.QUALITY_THROUGH_PLANE_FACTORS if args.model == "quality" else None
     return slice_geometry.read_geometry(image.header.get_zooms(), data.shape, axis=args.axis,
                                         factor=args.through_plane_factor, thickness=thickness,
                                         thickness_source=source if thickness is not None else None,
-                                        sidecar=sidecar, target=args.target_spacing)
+                                        sidecar=sidecar, target=args.target_spacing, shipped=shipped)
 
 
 def through_plane_tag(geometry):

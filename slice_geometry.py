@@ -100,11 +100,13 @@ def slice_axis(zooms, axis=None):
     return int(np.argmax(zooms)) if max(zooms) > min(zooms) * 1.001 else 2
 
 
-def working_factor(spacing, finest_pixel, factor=None):
+def working_factor(spacing, finest_pixel, factor=None, shipped=None):
     """The model's factor F: `factor` if given, else spacing / in-plane pixel rounded, within the shipped models.
 
-    ValueError in words for a volume with no thick slices to refine (ratio
-    under constants.THROUGH_PLANE_MIN_RATIO) unless a factor is given.
+    `shipped`: the factors the chosen network ships (constants.QUALITY_THROUGH_PLANE_FACTORS), or None for
+    every factor of constants.THROUGH_PLANE_FACTORS; the ratio is taken to the nearest of them (ties: the
+    larger).  ValueError in words for a volume with no thick slices to refine (ratio under
+    constants.THROUGH_PLANE_MIN_RATIO) unless a factor is given.
     """
     if factor is not None:
         return int(factor)
@@ -113,11 +115,14 @@ def working_factor(spacing, finest_pixel, factor=None):
         raise ValueError(f"nearly isotropic (slices {spacing:g} mm apart, in-plane voxels {finest_pixel:g} mm): "
                          "no thick slices to refine; give --through-plane-factor N to refine it anyway")
     low, high = constants.THROUGH_PLANE_FACTORS
-    return int(min(high, max(low, round(ratio))))
+    rounded = int(min(high, max(low, round(ratio))))
+    if shipped is None or rounded in shipped:
+        return rounded
+    return min(shipped, key=lambda f: (abs(ratio - f), -f))
 
 
 def read_geometry(zooms, shape, *, axis=None, factor=None, thickness=None, thickness_source=None,
-                  sidecar=None, target=None):
+                  sidecar=None, target=None, shipped=None):
     """The Geometry of a volume of voxel sizes `zooms` and 3D `shape`.
 
     Args:
@@ -126,6 +131,7 @@ def read_geometry(zooms, shape, *, axis=None, factor=None, thickness=None, thick
             DICOM header), or None to read `sidecar`.
         sidecar: the path of a BIDS sidecar JSON (<stem>.json) beside a NIfTI, or None.
         target: --target-spacing in mm (None: the working grid's spacing).
+        shipped: the factors the network ships, when not all (working_factor).
     """
     zooms = tuple(float(z) for z in zooms[:3])
     axis = slice_axis(zooms, axis)
@@ -136,7 +142,7 @@ def read_geometry(zooms, shape, *, axis=None, factor=None, thickness=None, thick
     if thickness is None:
         thickness, thickness_source = spacing, "assumed equal to the spacing"
     finest = min(zooms[k] for k in range(3) if k != axis)
-    factor = working_factor(spacing, finest, factor)
+    factor = working_factor(spacing, finest, factor, shipped)
     return Geometry(axis, tuple(shape[:3]), zooms, float(thickness), thickness_source, factor,
                     float(target) if target else spacing / factor)
 

@@ -213,6 +213,21 @@ def test_slice_axis_and_factor_from_voxel_sizes():
         slice_geometry.read_geometry([1.0, 1.0, 1.3], (10, 10, 10))
 
 
+def test_a_network_that_ships_some_factors_takes_the_nearest_of_them():
+    shipped = (3, 4)
+    expected = {2.0: 3, 2.9: 3, 3.4: 3, 3.5: 4, 4.6: 4, 5.0: 4, 6.0: 4, 13.6: 4}
+    for ratio, factor in expected.items():
+        geometry = slice_geometry.read_geometry([1.0, 1.0, ratio], (10, 10, 10), shipped=shipped)
+        assert geometry.factor == factor, ratio
+        assert np.isclose(geometry.working_pixel, ratio / factor) and np.isclose(geometry.output_spacing(),
+                                                                                   ratio / factor)
+    assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10), shipped=(3, 5)).factor == 5  # its own
+    assert slice_geometry.read_geometry([1.0, 1.0, 4.0], (10, 10, 10), shipped=(3, 5)).factor == 5  # a tie
+    # a factor given by --through-plane-factor is kept, shipped or not (the model source refuses a missing one)
+    assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10), factor=5, shipped=shipped).factor == 5
+    assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10)).factor == 5  # every factor: the ESPCN
+
+
 def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):
     out = tmp_path / "out"
     result = run_script("train.py", "--data-dir", tiny_tree, "--output-dir", str(out), "--through-plane-factor", "3",
