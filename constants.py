@@ -196,7 +196,7 @@ THROUGH_PLANE_FACTORS = (2, 6)
 # With --model quality and no --through-plane-factor, a volume whose ratio has no quality file
 # is refined at the nearest of these (ties: the larger), on a working grid of spacing / F: on
 # issue 28's clinical cases (../shared/bench/clinical_geometry.py; 5 and 6 mm slices, ratios 5
-# and 12) the quality network at x4 gained +1.95 and +1.59 dB over cubic B-spline where the
+# and 14) the quality network at x4 gained +1.95 and +1.59 dB over cubic B-spline where the
 # ESPCN at x5 and x6 gains +1.20 and +1.18 (README, *Quality network*).
 QUALITY_THROUGH_PLANE_FACTORS = (3, 4)
 THROUGH_PLANE_MIN_RATIO = 1.4

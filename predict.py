@@ -148,7 +148,9 @@ def add_through_plane_flags(group):
                        help="the model's factor: it refines slices this many times on an in-plane grid of "
                             "spacing / factor mm; by default slice spacing / in-plane voxel size, rounded into "
                             f"{constants.THROUGH_PLANE_FACTORS[0]}..{constants.THROUGH_PLANE_FACTORS[1]}, the "
-                            f"shipped models ({constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
+                            f"shipped models (with --model quality the nearest of "
+                            f"{', '.join(map(str, constants.QUALITY_THROUGH_PLANE_FACTORS))}; "
+                            f"{constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
     group.add_argument("--slice-thickness", type=positive_float, default=None, metavar="MM",
                        help="the slices' thickness; by default the DICOM header's SliceThickness, or SliceThickness "
                             "of the BIDS sidecar <stem>.json beside a NIfTI, else the slice spacing")
