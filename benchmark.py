@@ -48,9 +48,9 @@ from tensorflow_env import keras, tf
 def parse_args(argv=None):
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=positive_int, default=constants.BATCH_SIZE)
-    parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    parser.add_argument("--precision", choices=constants.PRECISIONS,
                         default=constants.PRECISION)
-    parser.add_argument("--predict-precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    parser.add_argument("--predict-precision", choices=constants.PRECISIONS,
                         default=constants.PREDICT_PRECISION,
                         help="precision of the inference figures (the NIfTI run uses predict.py's own default)")
     parser.add_argument("--jit", choices=("auto", "on", "off"), default=constants.JIT,

@@ -91,7 +91,8 @@ GAMMA_RANGE = (0.55, 1.8)
 INVERT_PROBABILITY = 0.2
 NOISE_MAX = 0.03
 # Numerical precision: "auto" picks mixed_bfloat16 on CPUs with AVX-512 BF16 /
-# AMX, mixed_float16 on GPUs, float32 otherwise.
+# AMX, mixed_float16 on GPUs, float32 otherwise.  PRECISIONS: what --precision takes.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 PRECISION = "auto"
 # Precision of predictions (predict.py, benchmark.py), chosen as PRECISION is:
 # bfloat16 on a BF16 CPU for -0.010 dB held-out PSNR (modules.inference_model).

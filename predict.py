@@ -87,7 +87,7 @@ def add_input_output_flags(group):
                        help="espcn (the shipped ESPCN), quality (the shipped quality network: slower, sharper; "
                             f"README, Quality network) or a .keras file; default: <output-dir>/"
                             f"{constants.MODEL_FILENAME} if train.py made one, else the shipped ESPCN")
-    group.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    group.add_argument("--precision", choices=constants.PRECISIONS,
                        default=constants.PREDICT_PRECISION,
                        help="auto: mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, mixed_float16 on GPUs, else float32")
     group.add_argument("--batch-size", type=positive_int, default=None,

@@ -9,8 +9,9 @@ finer than they acquired, so S / p runs from about 1.5 to 15.
 The shipped through-plane models refine by a whole factor F of 2 to 6 on an
 isotropic grid.  So the network works on a *working grid*: the slice axis as
 acquired, the in-plane axes resampled to w = S / F (F = S / p rounded, within
-2..6; with --model quality the nearest of the factors it ships, 3 and 4): there the thick slices are F working voxels apart and T / w thick,
-the geometry the model is adapted to.  Its estimate is then resampled onto the
+2..6; with --model quality the nearest of the factors it ships, 3 and 4):
+there the thick slices are F working voxels apart and T / w thick, the
+geometry the model is adapted to.  Its estimate is then resampled onto the
 *output grid*, the input's own in-plane voxels and slices `target` mm apart
 (default w, the network's own spacing), and made consistent with the input
 there (through_plane.make_consistent).  Resampling keeps the world extent

@@ -113,7 +113,7 @@ def parse_args(argv=None):
                         help="training batches the input pipeline prepares in parallel and keeps ready")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=constants.AUGMENT,
                         help="flips, turns, intensity scale/gamma and noise on training crops")
-    parser.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    parser.add_argument("--precision", choices=constants.PRECISIONS,
                         default=constants.PRECISION,
                         help="auto: mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, mixed_float16 on GPUs, else float32")
     parser.add_argument("--jit", choices=("auto", "on", "off"), default=constants.JIT,

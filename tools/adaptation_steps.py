@@ -71,26 +71,24 @@ def gain(volume, source, settings):
     return model_psnr - spline_psnr
 
 
-def adapted_model(start, volume, settings):
-    """`start` adapted to the volume for settings.steps (scaled by its size) with all of the change kept.
+def adapted_model(source, volume, settings):
+    """The source's model adapted to the volume as predict.py adapts it, with all of the change kept.
 
     The volume is scaled and put on its working grid as
     through_plane.super_resolve_through_plane does it, and adapted by
-    through_plane.adapt; each --keep is then a point between `start` and this
-    model (through_plane.keep_share_of_change), so one adaptation serves them all.
+    through_plane.prepare_model (settings.steps, scaled by the volume's size);
+    each --keep is then a point between the start and this model
+    (through_plane.keep_share_of_change), so one adaptation serves them all.
+    Returns (model, steps taken).
     """
     _, thick, _, geometry = volume
     thick = inference.finite_copy(thick)[0]  # NaN/Inf replaced as predict.py replaces them
     low, high = volumes.robust_range(thick)
     working = slice_geometry.resample((thick - low) / (high - low), geometry.working_shape())
-    steps = through_plane.adaptation_steps(int(np.prod(working.shape)) * geometry.factor, settings)
-    planes = np.ascontiguousarray(np.moveaxis(working, geometry.axis, 0))
     complete = copy.copy(settings)
-    complete.keep = 1.0
-    model, done, _ = through_plane.adapt(start, planes, geometry.factor, geometry.thickness / geometry.spacing,
-                                         steps=steps, deadline=float("inf"), settings=complete,
-                                         precision=PRECISION)
-    return model, done
+    complete.adapt, complete.keep = True, 1.0
+    prepared = through_plane.prepare_model(source, working, geometry, complete, time.monotonic())
+    return prepared.model, prepared.steps
 
 
 def main(argv=None):
@@ -131,7 +129,7 @@ def main(argv=None):
                 if steps == 0:
                     runs = [(None, start)]
                 else:
-                    adapted, done = adapted_model(start, volume, settings.for_network(network))
+                    adapted, done = adapted_model(source, volume, settings)
                     runs = []
                     for keep in args.keep:
                         keep = settings.for_network(network).keep if keep is None else keep

@@ -44,6 +44,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import constants  # noqa: E402
 import dataset  # noqa: E402
 import inference  # noqa: E402
 import measures  # noqa: E402
@@ -193,7 +194,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="predict.py's --model: a .keras file, espcn or quality "
                                                       "(default: predict.py's own choice)")
-    parser.add_argument("--precision", default=None, choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    parser.add_argument("--precision", default=None, choices=constants.PRECISIONS,
                         help="predict.py's --precision (default: its own, auto)")
     parser.add_argument("--work-dir", default=None, help="keep the proxy PNGs and outputs here")
     parser.add_argument("--json", default=None, help="also write the scores here")
