@@ -149,7 +149,8 @@ def add_through_plane_flags(group):
                             "spacing / factor mm; by default slice spacing / in-plane voxel size, rounded into "
                             f"{constants.THROUGH_PLANE_FACTORS[0]}..{constants.THROUGH_PLANE_FACTORS[1]}, the "
                             f"shipped models (with --model quality the nearest of "
-                            f"{', '.join(map(str, constants.QUALITY_THROUGH_PLANE_FACTORS))}; "
+                            f"{', '.join(map(str, constants.QUALITY_THROUGH_PLANE_FACTORS))}, with a --model file "
+                            f"its own factor; "
                             f"{constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
     group.add_argument("--slice-thickness", type=positive_float, default=None, metavar="MM",
                        help="the slices' thickness; by default the DICOM header's SliceThickness, or SliceThickness "
@@ -402,14 +403,15 @@ def refine_through_plane(source, item, args, guard):
             if isinstance(item, dicom_series.Series):
                 raise ValueError("--compare --through-plane takes NIfTI or MGH volumes")
             out_path = guard.claim(item, os.path.join(args.output_dir, f"{stem_of(item)}_through_compare.png"))
-            factor = args.through_plane_factor or constants.THROUGH_PLANE_COMPARE_FACTOR
+            factor = args.through_plane_factor or slice_geometry.working_factor(
+                constants.THROUGH_PLANE_COMPARE_FACTOR, 1.0, shipped=source.factors())
             r = through_plane.compare_on_volume(source, item, out_path, args.axis, factor, settings, progress)
             return Result(out_path, f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic "
                                     f"spline PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}")
         notes = []
         image, data = read_volume(item, notes)
         through_plane.check_volume_shape(data.shape)
-        geometry = slice_geometry_of(item, image, data, args)
+        geometry = slice_geometry_of(item, image, data, args, source.factors())
         tag = through_plane_tag(geometry)
         outputs = claim_outputs(item, tag, args, guard)
         out, prepared, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, geometry,
@@ -438,18 +440,18 @@ def refine_through_plane(source, item, args, guard):
                   inference.join_warnings(*notes, prepared.warning, non_finite))
 
 
-def slice_geometry_of(item, image, data, args):
+def slice_geometry_of(item, image, data, args, shipped=None):
     """The slice geometry of a volume: thickness from --slice-thickness, the DICOM header or a BIDS sidecar.
 
-    With --model quality and no --through-plane-factor, the factor is the
-    nearest the quality network ships (constants.QUALITY_THROUGH_PLANE_FACTORS).
+    `shipped`: the factors the model source refines (ModelSource.factors: with
+    --model quality the nearest of constants.QUALITY_THROUGH_PLANE_FACTORS, with
+    a --model file its own factor) when no --through-plane-factor is given.
     """
     thickness, source, sidecar = args.slice_thickness, "--slice-thickness", None
     if thickness is None and isinstance(item, dicom_series.Series):
         thickness, source = dicom_series.slice_thickness(item), "DICOM SliceThickness"
     elif thickness is None:
         sidecar = slice_geometry.sidecar_path(item)
-    shipped = constants.QUALITY_THROUGH_PLANE_FACTORS if args.model == "quality" else None
     return slice_geometry.read_geometry(image.header.get_zooms(), data.shape, axis=args.axis,
                                         factor=args.through_plane_factor, thickness=thickness,
                                         thickness_source=source if thickness is not None else None,

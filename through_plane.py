@@ -126,6 +126,17 @@ class ModelSource:
         """The model file for `factor`: the --model file, or the shipped one (which may not exist)."""
         return self.model_path or pretrained_path(factor, self.network)
 
+    def factors(self):
+        """The factors this source refines, when not all: the quality network's shipped ones, or a --model
+        file's own (read from the file, which stays cached); None for the ESPCN, which covers every factor.
+        """
+        if self.model_path:
+            if not self.cache:
+                model = load_model_1d(self.model_path, None, self.precision)
+                self.cache[modules.through_plane_factor(model)] = (model, f"--model {self.model_path}")
+            return tuple(self.cache)
+        return constants.QUALITY_THROUGH_PLANE_FACTORS if self.network == "quality" else None
+
     def starting_model(self, factor):
         """(model or None when no shipped ESPCN covers `factor`, a word on where it came from)."""
         if factor not in self.cache:

@@ -228,6 +228,23 @@ def test_a_network_that_ships_some_factors_takes_the_nearest_of_them():
     assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10)).factor == 5  # every factor: the ESPCN
 
 
+def test_a_model_file_of_one_factor_refines_any_slice_spacing_at_its_own_factor(tmp_path, capsys):
+    """--model FILE (a x3 through-plane file) on 5 mm slices of 1 mm pixels: the file's x3 on a 5/3 mm grid, where
+    the rounded ratio (x5) used to be asked of the file and refused; an explicit other factor is still refused."""
+    model = os.path.join(os.path.dirname(__file__), "..", "pretrained", "espcn_through_x3.keras")
+    source = tmp_path / "axial_5mm.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(5).integers(0, 900, (20, 16, 4)).astype(np.int16),
+                             np.diag([1.0, 1.0, 5.0, 1.0])), str(source))
+    assert predict.main(["--input", str(source), "--through-plane", "--model", model, "--no-adapt",
+                         "--output-dir", str(tmp_path / "out")]) == 0
+    out = nib.load(str(tmp_path / "out" / "axial_5mm_through_x3.nii.gz"))
+    assert out.shape == (20, 16, 12) and np.allclose(out.header.get_zooms(), (1.0, 1.0, 5.0 / 3.0))
+    capsys.readouterr()
+    assert predict.main(["--input", str(source), "--through-plane", "--model", model, "--no-adapt",
+                         "--through-plane-factor", "5", "--output-dir", str(tmp_path / "refused")]) != 0
+    assert "refines x3, but this volume needs x5" in capsys.readouterr().err
+
+
 def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):
     out = tmp_path / "out"
     result = run_script("train.py", "--data-dir", tiny_tree, "--output-dir", str(out), "--through-plane-factor", "3",
