@@ -2,7 +2,7 @@
 
 usage:
   python tools/real_slices.py [--volumes data/real_volumes] [--output-dir data/real_slices] [--step 3]
-      [--head-step NAME STEP ...] [--template DIR]
+      [--head-step NAME STEP ...] [--template DIR] [--coarsen K]
 
 train.py reads 2D slices from image files; the through-plane models learn from slices made thick along
 their rows (dataset.make_thick_pair, with flips and quarter turns).  This writes, for every head of
@@ -17,6 +17,10 @@ step 4, so that heads with skull and scalp are not 3% of what the models see):
   <output-dir>/train/<class>/...                           with --template DIR: the embedded template's
                                                            training slices too (data/AD_NC/train, which
                                                            python train.py builds), so the models keep it
+--coarsen K first averages each head over blocks of KxKxK voxels (area averaging in 3D), so the slices show
+heads at K times the voxel size, the regime of 2 mm diffusion and EPI scans and coarse clinical series that
+1 mm heads never show a 4x model (their 4x-smaller inputs have 8 mm pixels); the file names then end the
+head's name with -coarseK.
 The data is not committed (data/ is git-ignored).
 """
 import argparse
@@ -42,12 +46,22 @@ def head_slices(data, step, min_tissue):
                 yield axis, index, np.round(plane * 255).astype(np.uint8)
 
 
-def write_head(path, folder, step, min_tissue):
+def coarsened(data, factor):
+    """The volume averaged over factor^3 blocks (a partial block at an edge is dropped)."""
+    if factor == 1:
+        return data
+    shape = [size // factor for size in data.shape[:3]]
+    blocks = data[:shape[0] * factor, :shape[1] * factor, :shape[2] * factor]
+    return blocks.reshape(shape[0], factor, shape[1], factor, shape[2], factor).mean(axis=(1, 3, 5))
+
+
+def write_head(path, folder, step, min_tissue, coarsen=1):
     """Writes one head's slices into `folder`; returns how many."""
-    data = np.asarray(nib.load(path).dataobj, np.float32)
+    data = coarsened(np.asarray(nib.load(path).dataobj, np.float32), coarsen)
     low, high = volumes.robust_range(data)
     scaled = np.clip((data - low) / (high - low), 0.0, 1.0)
     name = volumes.nifti_stem(path).replace("_", "-")  # train.py groups by the name up to its last "_"
+    name += f"-coarse{coarsen}" if coarsen > 1 else ""
     count = 0
     for axis, index, plane in head_slices(scaled, step, min_tissue):
         Image.fromarray(plane).save(os.path.join(folder, f"{name}_{'xyz'[axis]}{index:03d}.png"))
@@ -67,7 +81,11 @@ def main(argv=None):
     parser.add_argument("--min-tissue", type=float, default=0.05, help="share of the slice above 5%% of the range")
     parser.add_argument("--template", default=None, metavar="DIR",
                         help="a train/ folder of image slices to add (e.g. data/AD_NC/train)")
+    parser.add_argument("--coarsen", type=int, default=1, metavar="K",
+                        help="average each head over KxKxK voxels first: heads at K times the voxel size")
     args = parser.parse_args(argv)
+    if args.coarsen < 1:
+        parser.error(f"--coarsen: K must be at least 1, got {args.coarsen}")
     try:
         steps = {name: int(step) for name, step in args.head_step}
     except ValueError:
@@ -84,7 +102,7 @@ def main(argv=None):
         os.makedirs(folder, exist_ok=True)
         heads = sorted(name for name in os.listdir(source) if volumes.is_nifti(name))
         total = sum(write_head(os.path.join(source, name), folder, steps.get(volumes.nifti_stem(name), args.step),
-                               args.min_tissue) for name in heads)
+                               args.min_tissue, args.coarsen) for name in heads)
         print(f"{split}: {len(heads)} heads, {total} slices")
     if args.template:
         shutil.copytree(args.template, os.path.join(args.output_dir, "train"), dirs_exist_ok=True)
