@@ -186,7 +186,8 @@ TENSORBOARD_IMAGES = 3
 # train.py --through-plane-factor F (docs/through-plane.md); {factor} is filled in.
 PRETRAINED_THROUGH_PLANE = "pretrained/espcn_through_x{factor}.keras"
 # The factor a --compare --through-plane run makes thick slices with, when
-# --through-plane-factor is not given (4 mm slices from a 1 mm volume).
+# --through-plane-factor is not given (4 mm slices from a 1 mm volume); with a
+# --model file or network of other factors, the nearest of them.
 THROUGH_PLANE_COMPARE_FACTOR = 4
 # The factors of the shipped through-plane models (pretrained/): a volume's
 # slice spacing / in-plane voxel, rounded into this range, is the factor the
@@ -201,6 +202,13 @@ THROUGH_PLANE_FACTORS = (2, 6)
 # ESPCN at x5 and x6 gains +1.20 and +1.18 (README, *Quality network*).
 QUALITY_THROUGH_PLANE_FACTORS = (3, 4)
 THROUGH_PLANE_MIN_RATIO = 1.4
+# How many times a model's factor may exceed a volume's spacing / pixel ratio when the factor
+# is the model's rather than --through-plane-factor's (a --model file of one factor, or the
+# quality network's nearest): the working grid is then that much finer than the volume's own
+# pixels in-plane, and its voxels grow with the square (a x8 file on 1.4 mm slices of 1 mm
+# pixels: 33x the voxels, gigabytes for a head).  2.5 lets the quality network take every
+# ratio the ESPCN does (x3 at 1.4: 2.1) and refuses a x6 file on 2 mm slices.
+THROUGH_PLANE_MAX_OVERSAMPLING = 2.5
 # Seconds one volume may take (adaptation and inference): a cap, not a
 # target.  Adaptation runs its ADAPT_STEPS (below), so its result does not
 # depend on the machine; only when the cap would be passed (a loaded or slow

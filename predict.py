@@ -150,8 +150,8 @@ def add_through_plane_flags(group):
                             f"{constants.THROUGH_PLANE_FACTORS[0]}..{constants.THROUGH_PLANE_FACTORS[1]}, the "
                             f"shipped models (with --model quality the nearest of "
                             f"{', '.join(map(str, constants.QUALITY_THROUGH_PLANE_FACTORS))}, with a --model file "
-                            f"its own factor; "
-                            f"{constants.THROUGH_PLANE_COMPARE_FACTOR} with --compare)")
+                            f"its own factor; with --compare {constants.THROUGH_PLANE_COMPARE_FACTOR} or the "
+                            "nearest of those)")
     group.add_argument("--slice-thickness", type=positive_float, default=None, metavar="MM",
                        help="the slices' thickness; by default the DICOM header's SliceThickness, or SliceThickness "
                             "of the BIDS sidecar <stem>.json beside a NIfTI, else the slice spacing")
@@ -403,15 +403,15 @@ def refine_through_plane(source, item, args, guard):
             if isinstance(item, dicom_series.Series):
                 raise ValueError("--compare --through-plane takes NIfTI or MGH volumes")
             out_path = guard.claim(item, os.path.join(args.output_dir, f"{stem_of(item)}_through_compare.png"))
-            factor = args.through_plane_factor or slice_geometry.working_factor(
-                constants.THROUGH_PLANE_COMPARE_FACTOR, 1.0, shipped=source.factors())
+            factor = args.through_plane_factor or compare_factor(source.factors())
             r = through_plane.compare_on_volume(source, item, out_path, args.axis, factor, settings, progress)
             return Result(out_path, f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic "
                                     f"spline PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}")
         notes = []
         image, data = read_volume(item, notes)
         through_plane.check_volume_shape(data.shape)
-        geometry = slice_geometry_of(item, image, data, args, source.factors())
+        geometry = slice_geometry_of(item, image, data, args,
+                                     None if args.through_plane_factor else source.factors())
         tag = through_plane_tag(geometry)
         outputs = claim_outputs(item, tag, args, guard)
         out, prepared, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, geometry,
@@ -438,6 +438,14 @@ def refine_through_plane(source, item, args, guard):
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return Result(", ".join(outputs.values()), f"{geometry.describe()}; {prepared.note}",
                   inference.join_warnings(*notes, prepared.warning, non_finite))
+
+
+def compare_factor(factors):
+    """--compare's factor without --through-plane-factor: constants.THROUGH_PLANE_COMPARE_FACTOR, or the
+    nearest of the model source's factors when it refines only some."""
+    if factors is None:
+        return constants.THROUGH_PLANE_COMPARE_FACTOR
+    return slice_geometry.nearest_factor(constants.THROUGH_PLANE_COMPARE_FACTOR, factors)
 
 
 def slice_geometry_of(item, image, data, args, shipped=None):

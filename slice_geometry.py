@@ -9,7 +9,8 @@ finer than they acquired, so S / p runs from about 1.5 to 15.
 The shipped through-plane models refine by a whole factor F of 2 to 6 on an
 isotropic grid.  So the network works on a *working grid*: the slice axis as
 acquired, the in-plane axes resampled to w = S / F (F = S / p rounded, within
-2..6; with --model quality the nearest of the factors it ships, 3 and 4):
+2..6; with --model quality the nearest of the factors it ships, 3 and 4; with
+a --model file, the file's own factor):
 there the thick slices are F working voxels apart and T / w thick, the
 geometry the model is adapted to.  Its estimate is then resampled onto the
 *output grid*, the input's own in-plane voxels and slices `target` mm apart
@@ -101,13 +102,20 @@ def slice_axis(zooms, axis=None):
     return int(np.argmax(zooms)) if max(zooms) > min(zooms) * 1.001 else 2
 
 
+def nearest_factor(ratio, factors):
+    """The factor of `factors` nearest `ratio` (ties: the larger)."""
+    return min(factors, key=lambda f: (abs(ratio - f), -f))
+
+
 def working_factor(spacing, finest_pixel, factor=None, shipped=None):
     """The model's factor F: `factor` if given, else spacing / in-plane pixel rounded, within the shipped models.
 
-    `shipped`: the factors the chosen network ships (constants.QUALITY_THROUGH_PLANE_FACTORS), or None for
-    every factor of constants.THROUGH_PLANE_FACTORS; the ratio is taken to the nearest of them (ties: the
+    `shipped`: the factors the model source refines when not all (ModelSource.factors: the quality
+    network's constants.QUALITY_THROUGH_PLANE_FACTORS, or a --model file's own factor), or None for every
+    factor of constants.THROUGH_PLANE_FACTORS; the ratio is taken to the nearest of them (ties: the
     larger).  ValueError in words for a volume with no thick slices to refine (ratio under
-    constants.THROUGH_PLANE_MIN_RATIO) unless a factor is given.
+    constants.THROUGH_PLANE_MIN_RATIO) or one whose working grid would be more than
+    constants.THROUGH_PLANE_MAX_OVERSAMPLING times finer than its pixels, unless a factor is given.
     """
     if factor is not None:
         return int(factor)
@@ -118,7 +126,13 @@ def working_factor(spacing, finest_pixel, factor=None, shipped=None):
     low, high = constants.THROUGH_PLANE_FACTORS
     if shipped is None:
         return int(min(high, max(low, round(ratio))))
-    return min(shipped, key=lambda f: (abs(ratio - f), -f))
+    chosen = nearest_factor(ratio, shipped)
+    if chosen > ratio * constants.THROUGH_PLANE_MAX_OVERSAMPLING:
+        raise ValueError(f"slices {spacing:g} mm apart on {finest_pixel:g} mm pixels (ratio {ratio:.3g}) are too "
+                         f"close for a x{chosen} model: its working grid would be {chosen / ratio:.3g} times finer "
+                         f"than the pixels (at most {constants.THROUGH_PLANE_MAX_OVERSAMPLING:g}); use a model of a "
+                         f"factor nearer {ratio:.3g}, or give --through-plane-factor {chosen} to refine it anyway")
+    return chosen
 
 
 def read_geometry(zooms, shape, *, axis=None, factor=None, thickness=None, thickness_source=None,
@@ -131,7 +145,7 @@ def read_geometry(zooms, shape, *, axis=None, factor=None, thickness=None, thick
             DICOM header), or None to read `sidecar`.
         sidecar: the path of a BIDS sidecar JSON (<stem>.json) beside a NIfTI, or None.
         target: --target-spacing in mm (None: the working grid's spacing).
-        shipped: the factors the network ships, when not all (working_factor).
+        shipped: the factors the model source refines, when not all (working_factor).
     """
     zooms = tuple(float(z) for z in zooms[:3])
     axis = slice_axis(zooms, axis)

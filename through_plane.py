@@ -100,8 +100,12 @@ def load_model_1d(path, factor=None, precision="float32"):
         raise ValueError(f"--model {path}: not a through-plane model (no DepthToSpace1D layer); "
                          "train one with train.py --through-plane-factor F")
     if factor is not None and found != factor:
-        raise ValueError(f"--model {path} refines x{found}, but this volume needs x{factor}")
+        raise wrong_factor(path, found, factor)
     return modules.inference_model(model, precision)
+
+
+def wrong_factor(path, found, factor):
+    return ValueError(f"--model {path} refines x{found}, not the x{factor} asked for")
 
 
 class ModelSource:
@@ -109,7 +113,7 @@ class ModelSource:
 
     `model` is predict.py's --model: None or "espcn" (the shipped ESPCNs),
     "quality" (the shipped quality networks: a factor without one is refused),
-    or a .keras file.  Models are served in `precision` (predict.py's
+    or a .keras file of one factor (factors(): volumes are refined at it).  Models are served in `precision` (predict.py's
     --precision; auto is bfloat16 on CPUs with AVX-512 BF16 or AMX).  On the
     template's --compare without adaptation (2-core AMD EPYC with AVX-512
     BF16): x4 34.7926 dB in bfloat16 against 34.7954 in float32, x3 36.7712
@@ -131,18 +135,24 @@ class ModelSource:
         file's own (read from the file, which stays cached); None for the ESPCN, which covers every factor.
         """
         if self.model_path:
-            if not self.cache:
-                model = load_model_1d(self.model_path, None, self.precision)
-                self.cache[modules.through_plane_factor(model)] = (model, f"--model {self.model_path}")
-            return tuple(self.cache)
+            return (self.model_file_factor(),)
         return constants.QUALITY_THROUGH_PLANE_FACTORS if self.network == "quality" else None
+
+    def model_file_factor(self):
+        """The --model file's factor, its model loaded once into the cache."""
+        if not self.cache:
+            model = load_model_1d(self.model_path, None, self.precision)
+            self.cache[modules.through_plane_factor(model)] = (model, f"--model {self.model_path}")
+        return next(iter(self.cache))
 
     def starting_model(self, factor):
         """(model or None when no shipped ESPCN covers `factor`, a word on where it came from)."""
         if factor not in self.cache:
             path = self.path_for(factor)
             if self.model_path:
-                self.cache[factor] = (load_model_1d(path, factor, self.precision), f"--model {path}")
+                found = self.model_file_factor()
+                if found != factor:
+                    raise wrong_factor(path, found, factor)
             elif os.path.isfile(path):
                 self.cache[factor] = (load_model_1d(path, factor, self.precision),
                                       f"pretrained {pretrained_name(factor, self.network)}")

@@ -41,7 +41,9 @@ def test_coarsen_writes_each_head_averaged_over_blocks_of_voxels(tmp_path, real_
     expected = np.round(np.clip((blocks[:, 3] - low) / (high - low), 0, 1) * 255)
     written = np.asarray(Image.open(out / "train" / "heads" / "head-train-coarse2_y003.png"), np.float64)
     assert written.shape == (6, 4) and np.abs(written - expected).max() <= 1  # float32 sums may round the other way
-    assert sorted(os.listdir(out / "test" / "heads")) == sorted(os.listdir(out / "validation" / "heads"))
+    held_out = sorted(os.listdir(out / "validation" / "heads"))
+    assert len(held_out) == 15 and all(name.startswith("head-validation-coarse2_") for name in held_out)
+    assert sorted(os.listdir(out / "test" / "heads")) == held_out
 
 
 def test_without_coarsen_the_slices_keep_the_heads_voxels(tmp_path, real_slices):
@@ -52,8 +54,11 @@ def test_without_coarsen_the_slices_keep_the_heads_voxels(tmp_path, real_slices)
     assert len(names) == 13 + 10 + 8 and names[0] == "head-train_x000.png"
 
 
-def test_coarsen_below_one_is_refused_in_one_line(tmp_path, real_slices, capsys):
+def test_coarsen_below_one_or_beyond_a_head_is_refused_in_one_line(tmp_path, real_slices, capsys):
     write_heads(tmp_path / "volumes")
     with pytest.raises(SystemExit) as stop:
         real_slices.main(["--volumes", str(tmp_path / "volumes"), "--coarsen", "0"])
     assert stop.value.code != 0 and "--coarsen" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="at least --coarsen 9 voxels a side"):  # the heads are 13x10x8
+        real_slices.main(["--volumes", str(tmp_path / "volumes"), "--output-dir", str(tmp_path / "tree"),
+                          "--coarsen", "9"])

@@ -226,6 +226,11 @@ def test_a_network_that_ships_some_factors_takes_the_nearest_of_them():
     # a factor given by --through-plane-factor is kept, shipped or not (the model source refuses a missing one)
     assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10), factor=5, shipped=shipped).factor == 5
     assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10)).factor == 5  # every factor: the ESPCN
+    assert slice_geometry.read_geometry([1.0, 1.0, 1.4], (10, 10, 10), shipped=shipped).factor == 3
+    # a factor far above the ratio would work on a grid many times finer than the pixels: refused, unless asked
+    with pytest.raises(ValueError, match="too close for a x6 model"):
+        slice_geometry.read_geometry([1.0, 1.0, 2.0], (10, 10, 10), shipped=(6,))
+    assert slice_geometry.read_geometry([1.0, 1.0, 2.0], (10, 10, 10), factor=6, shipped=(6,)).factor == 6
 
 
 def test_a_model_file_of_one_factor_refines_any_slice_spacing_at_its_own_factor(tmp_path, capsys):
@@ -242,7 +247,18 @@ def test_a_model_file_of_one_factor_refines_any_slice_spacing_at_its_own_factor(
     capsys.readouterr()
     assert predict.main(["--input", str(source), "--through-plane", "--model", model, "--no-adapt",
                          "--through-plane-factor", "5", "--output-dir", str(tmp_path / "refused")]) != 0
-    assert "refines x3, but this volume needs x5" in capsys.readouterr().err
+    assert "refines x3, not the x5 asked for" in capsys.readouterr().err
+    fine = tmp_path / "fine.nii.gz"  # --compare makes thick slices at the file's factor, not the default 4
+    nib.save(nib.Nifti1Image(np.random.default_rng(6).random((18, 16, 15)).astype(np.float32), np.eye(4)), str(fine))
+    assert predict.main(["--input", str(fine), "--through-plane", "--compare", "--model", model, "--no-adapt",
+                         "--output-dir", str(tmp_path / "compare")]) == 0
+    assert json.load(open(tmp_path / "compare" / "fine_through_compare.json"))["factor"] == 3
+    in_plane = os.path.join(os.path.dirname(__file__), "..", constants.PRETRAINED_MODEL)
+    capsys.readouterr()
+    assert predict.main(["--input", str(source), "--through-plane", "--model", in_plane,
+                         "--output-dir", str(tmp_path / "in_plane")]) != 0
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert "not a through-plane model" in errors[0] and "Traceback" not in "".join(errors)
 
 
 def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):

@@ -115,6 +115,12 @@ def main(argv=None):
     if any(n < 0 for n in args.steps):
         parser.error("--steps: each must be 0 or more")
     source = through_plane.ModelSource(args.model, PRECISION)
+    try:
+        refined = source.factors()
+    except ValueError as error:
+        parser.error(str(error))
+    if refined is not None and set(args.factors) - set(refined):
+        parser.error(f"--factors: the model refines x{' x'.join(map(str, refined))} only")
     for head in args.heads:
         for entry in (v for v in thick[head] if v["factor"] in args.factors):
             volume = read_volume(entry, args.tree)

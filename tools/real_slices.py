@@ -35,6 +35,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import volumes  # noqa: E402
+from cli import positive_int  # noqa: E402
 
 
 def head_slices(data, step, min_tissue):
@@ -47,17 +48,21 @@ def head_slices(data, step, min_tissue):
 
 
 def coarsened(data, factor):
-    """The volume averaged over factor^3 blocks (a partial block at an edge is dropped)."""
+    """The 3D volume averaged over factor^3 blocks (a partial block at an edge is dropped)."""
     if factor == 1:
         return data
-    shape = [size // factor for size in data.shape[:3]]
+    shape = [size // factor for size in data.shape]
     blocks = data[:shape[0] * factor, :shape[1] * factor, :shape[2] * factor]
     return blocks.reshape(shape[0], factor, shape[1], factor, shape[2], factor).mean(axis=(1, 3, 5))
 
 
 def write_head(path, folder, step, min_tissue, coarsen=1):
     """Writes one head's slices into `folder`; returns how many."""
-    data = coarsened(np.asarray(nib.load(path).dataobj, np.float32), coarsen)
+    data = np.asarray(nib.load(path).dataobj, np.float32)
+    if data.ndim != 3 or min(data.shape) < coarsen:
+        raise SystemExit(f"error: {path}: a {'x'.join(map(str, data.shape))} volume, not a 3D head of at least "
+                         f"--coarsen {coarsen} voxels a side")
+    data = coarsened(data, coarsen)
     low, high = volumes.robust_range(data)
     scaled = np.clip((data - low) / (high - low), 0.0, 1.0)
     name = volumes.nifti_stem(path).replace("_", "-")  # train.py groups by the name up to its last "_"
@@ -81,11 +86,9 @@ def main(argv=None):
     parser.add_argument("--min-tissue", type=float, default=0.05, help="share of the slice above 5%% of the range")
     parser.add_argument("--template", default=None, metavar="DIR",
                         help="a train/ folder of image slices to add (e.g. data/AD_NC/train)")
-    parser.add_argument("--coarsen", type=int, default=1, metavar="K",
+    parser.add_argument("--coarsen", type=positive_int, default=1, metavar="K",
                         help="average each head over KxKxK voxels first: heads at K times the voxel size")
     args = parser.parse_args(argv)
-    if args.coarsen < 1:
-        parser.error(f"--coarsen: K must be at least 1, got {args.coarsen}")
     try:
         steps = {name: int(step) for name, step in args.head_step}
     except ValueError:
