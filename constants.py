@@ -198,7 +198,7 @@ THROUGH_PLANE_FACTORS = (2, 6)
 # With --model quality and no --through-plane-factor, a volume whose ratio has no quality file
 # is refined at the nearest of these (ties: the larger), on a working grid of spacing / F: on
 # issue 28's clinical cases (../shared/bench/clinical_geometry.py; 5 and 6 mm slices, ratios 5
-# and 14) the quality network at x4 gained +1.95 and +1.59 dB over cubic B-spline where the
+# and 14) the quality network at x4 gained +2.10 and +1.68 dB over cubic B-spline where the
 # ESPCN at x5 and x6 gains +1.20 and +1.18 (README, *Quality network*).
 QUALITY_THROUGH_PLANE_FACTORS = (3, 4)
 THROUGH_PLANE_MIN_RATIO = 1.4
@@ -281,3 +281,14 @@ QUALITY_ADAPT_STEPS = 100
 # (docs/through-plane.md, *Keeping part of the adaptation*).
 ADAPT_KEEP = 1.0
 QUALITY_ADAPT_KEEP = 0.25
+# ... except on widely spaced slices, a spacing / in-plane pixel ratio of QUALITY_WIDE_RATIO or
+# more (clinical 5-6 mm slices; beyond the ~4.6 of any thick slices the quality network was
+# trained on, which it refines at x4 on a grid coarser than their pixels), where the whole change
+# is kept (QUALITY_ADAPT_KEEP_WIDE).  On 14 such volumes simulated from 7 held-out heads (ratios
+# 5-13.8: 5 and 6 mm slices, with and without gaps, some on zero-filled 0.43 mm pixels, as
+# ../shared/bench/clinical_geometry.py makes them) the whole change gained +1.91 dB mean over cubic
+# B-spline against +1.83 for a quarter (12 of the 14 better, one 0.01 worse); on 10 volumes of
+# ratio 2-3.5 it lost 0.05 dB on average to a quarter, on issue 21's ratio-4.61 ones 0.1-0.2 dB
+# (docs/through-plane.md, *Keeping part of the adaptation*).
+QUALITY_ADAPT_KEEP_WIDE = 1.0
+QUALITY_WIDE_RATIO = 5.0

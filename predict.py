@@ -176,7 +176,9 @@ def add_through_plane_flags(group):
     group.add_argument("--adapt-keep", type=unit_share, default=None, metavar="SHARE",
                        help=f"the share of adaptation's change to a pretrained model's weights that is kept, 0 to 1 "
                             f"({constants.ADAPT_KEEP:g} for the ESPCN, {constants.QUALITY_ADAPT_KEEP:g} for the "
-                            "quality network): the model used lies between the pretrained and the adapted one")
+                            f"quality network, {constants.QUALITY_ADAPT_KEEP_WIDE:g} on its slices "
+                            f"{constants.QUALITY_WIDE_RATIO:g}+ pixels apart): the model used lies between the "
+                            "pretrained and the adapted one")
     group.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
                        help="the slices' profile across their thickness: box (an ideal slab) or gaussian "
                             "(FWHM = the thickness)")

@@ -51,6 +51,11 @@ class Geometry:
         return self.spacing / self.factor
 
     @property
+    def ratio(self):
+        """Slice spacing / finest in-plane voxel."""
+        return self.spacing / min(self.zooms[k] for k in self.in_plane_axes)
+
+    @property
     def in_plane_axes(self):
         return [k for k in range(3) if k != self.axis]
 

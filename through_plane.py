@@ -355,13 +355,15 @@ class Settings:
         self.batch_size = batch_size  # --batch-size: inference inputs per batch and crops per adaptation step
         self.keep = keep  # the share of adaptation's weight change kept; None = the network's default
 
-    def for_network(self, network):
+    def for_network(self, network, ratio=None):
         """These settings with the network's own flips, adaptation steps and kept share where no flag set them.
 
         The quality network costs several times the ESPCN a pass and a step,
         so it has defaults of its own (constants.QUALITY_THROUGH_PLANE_FLIPS,
         QUALITY_ADAPT_STEPS) that keep a head inside the clinical time budget,
-        and keeps part of its adaptation (QUALITY_ADAPT_KEEP).
+        and keeps part of its adaptation (QUALITY_ADAPT_KEEP), all of it on
+        widely spaced slices, a spacing / pixel `ratio` of at least
+        QUALITY_WIDE_RATIO (QUALITY_ADAPT_KEEP_WIDE).
         """
         quality = network == "quality"
         resolved = copy.copy(self)
@@ -369,8 +371,11 @@ class Settings:
             resolved.flips = constants.QUALITY_THROUGH_PLANE_FLIPS if quality else constants.THROUGH_PLANE_FLIPS
         if resolved.steps is None:
             resolved.steps = constants.QUALITY_ADAPT_STEPS if quality else constants.ADAPT_STEPS
-        if resolved.keep is None:
-            resolved.keep = constants.QUALITY_ADAPT_KEEP if quality else constants.ADAPT_KEEP
+        if resolved.keep is None and quality:
+            wide = ratio is not None and ratio >= constants.QUALITY_WIDE_RATIO
+            resolved.keep = constants.QUALITY_ADAPT_KEEP_WIDE if wide else constants.QUALITY_ADAPT_KEEP
+        elif resolved.keep is None:
+            resolved.keep = constants.ADAPT_KEEP
         return resolved
 
 
@@ -397,7 +402,7 @@ def prepare_model(source, working, geometry, settings, began, progress=None):
     """
     factor = geometry.factor
     start, origin = source.starting_model(factor)
-    settings = settings.for_network(modules.network_of(start) if start is not None else "espcn")
+    settings = settings.for_network(modules.network_of(start) if start is not None else "espcn", geometry.ratio)
     fallback = None
     if start is None:
         fallback = (f"no shipped model refines x{factor} (shipped: x{constants.THROUGH_PLANE_FACTORS[0]} to "

@@ -195,12 +195,14 @@ def test_quality_through_plane_takes_the_nearest_shipped_factor_for_thick_clinic
     source = tmp_path / "axial_5mm.nii.gz"  # 5 mm slices of 1 mm pixels: the ESPCN's x5
     nib.save(nib.Nifti1Image(np.random.default_rng(3).integers(0, 900, (24, 20, 4)).astype(np.int16),
                              np.diag([1.0, 1.0, 5.0, 1.0])), str(source))
-    assert predict.main(["--input", str(source), "--through-plane", "--model", "quality", "--no-adapt",
+    assert predict.main(["--input", str(source), "--through-plane", "--model", "quality", "--adapt-steps", "2",
                          "--output-dir", str(tmp_path / "out")]) == 0
     out = nib.load(str(tmp_path / "out" / "axial_5mm_through_x4.nii.gz"))
     assert out.shape == (24, 20, 16) and np.allclose(out.header.get_zooms(), (1.0, 1.0, 1.25))
     sidecar = json.load(open(tmp_path / "out" / "axial_5mm_through_x4.json"))
     assert "quality_through_x4.keras" in json.dumps(sidecar)
+    # widely spaced slices keep all of adaptation's change
+    assert sidecar["AdaptationKept"] == constants.QUALITY_ADAPT_KEEP_WIDE != constants.QUALITY_ADAPT_KEEP
 
 
 def accelerator_stage_tool(monkeypatch):

@@ -298,6 +298,22 @@ def test_adaptation_steps_fall_with_the_volume_down_to_their_floor_share():
     assert through_plane.adaptation_steps(10 * full, through_plane.Settings(steps=1)) == 1
 
 
+def test_the_quality_network_keeps_all_of_adaptation_on_widely_spaced_slices():
+    """A quarter of the change up to a spacing / pixel ratio of 5 (issue 21's x4 volumes: 4.61), the whole change
+    from 5 (clinical 5-6 mm slices); --adapt-keep and the ESPCN unchanged."""
+    assert constants.QUALITY_WIDE_RATIO == 5.0  # the ratios below are chosen around it
+    kept = {ratio: through_plane.Settings().for_network("quality", ratio).keep
+            for ratio in (None, 2.0, 3.46, 4.0, 4.61, 4.99, 5.0, 13.8)}
+    quarter, whole = constants.QUALITY_ADAPT_KEEP, constants.QUALITY_ADAPT_KEEP_WIDE
+    assert quarter != whole
+    assert kept == {None: quarter, 2.0: quarter, 3.46: quarter, 4.0: quarter, 4.61: quarter, 4.99: quarter,
+                    5.0: whole, 13.8: whole}
+    assert through_plane.Settings(keep=0.5).for_network("quality", 5.0).keep == 0.5
+    assert through_plane.Settings().for_network("espcn", 2.0).keep == constants.ADAPT_KEEP
+    geometry = slice_geometry.read_geometry([0.434, 0.434, 6.0], (10, 10, 10), shipped=(3, 4))
+    assert np.isclose(geometry.ratio, 6.0 / 0.434) and geometry.factor == 4
+
+
 def test_adaptation_keeps_the_asked_share_of_its_change_to_the_weights():
     """keep 0 gives back the starting weights, 1 the adapted ones, 0.5 their midpoint (the runs are repeatable)."""
     start = modules.get_model_1d(3)

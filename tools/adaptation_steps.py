@@ -138,7 +138,7 @@ def main(argv=None):
                     adapted, done = adapted_model(source, volume, settings)
                     runs = []
                     for keep in args.keep:
-                        keep = settings.for_network(network).keep if keep is None else keep
+                        keep = settings.for_network(network, volume[3].ratio).keep if keep is None else keep
                         model = modules.inference_model(start, PRECISION)
                         model.set_weights(through_plane.keep_share_of_change(start.get_weights(),
                                                                              adapted.get_weights(), keep))
