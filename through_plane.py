@@ -105,6 +105,7 @@ def load_model_1d(path, factor=None, precision="float32"):
 
 
 def wrong_factor(path, found, factor):
+    """The error for a --model file of factor `found` asked to refine by `factor`."""
     return ValueError(f"--model {path} refines x{found}, not the x{factor} asked for")
 
 
@@ -113,8 +114,9 @@ class ModelSource:
 
     `model` is predict.py's --model: None or "espcn" (the shipped ESPCNs),
     "quality" (the shipped quality networks: a factor without one is refused),
-    or a .keras file of one factor (factors(): volumes are refined at it).  Models are served in `precision` (predict.py's
-    --precision; auto is bfloat16 on CPUs with AVX-512 BF16 or AMX).  On the
+    or a .keras file of one factor (factors(): volumes are refined at it).
+    Models are served in `precision` (predict.py's --precision; auto is
+    bfloat16 on CPUs with AVX-512 BF16 or AMX).  On the
     template's --compare without adaptation (2-core AMD EPYC with AVX-512
     BF16): x4 34.7926 dB in bfloat16 against 34.7954 in float32, x3 36.7712
     against 36.7684, in 4.4 / 5.4 s against 8.0 / 9.2 s.
