@@ -473,6 +473,13 @@ def detail_finer_than_working(volume, working, geometry):
     return slice_geometry.resample(lost, geometry.output_shape())  # along the slices: cubic_spline's B-spline
 
 
+def scaled_and_working(volume, geometry):
+    """(volume scaled by its robust range into [0, 1], that on the working grid, the range (low, high))."""
+    low, high = volumes.robust_range(volume)
+    scaled = (volume - low) / (high - low)
+    return scaled, slice_geometry.resample(scaled, geometry.working_shape()), (low, high)
+
+
 def super_resolve_through_plane(source, image, data, geometry, settings, progress=None):
     """Every 3D frame of `data` refined along geometry.axis onto the output grid, as stored values.
 
@@ -489,9 +496,7 @@ def super_resolve_through_plane(source, image, data, geometry, settings, progres
     for t in range(series.shape[3]):
         volume, nan_mask, n_nan, n_inf = inference.finite_copy(series[..., t])
         counts[0], counts[1] = counts[0] + n_nan, counts[1] + n_inf
-        low, high = volumes.robust_range(volume)
-        scaled = (volume - low) / (high - low)
-        working = slice_geometry.resample(scaled, geometry.working_shape())
+        scaled, working, (low, high) = scaled_and_working(volume, geometry)
         if prepared is None:
             prepared = prepare_model(source, working, geometry, settings, began, progress)
         refined = refine(prepared.model, scaled, geometry, prepared.settings, progress, began, working)

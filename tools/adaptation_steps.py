@@ -35,7 +35,6 @@ import inference  # noqa: E402
 import modules  # noqa: E402
 import slice_geometry  # noqa: E402
 import through_plane  # noqa: E402
-import volumes  # noqa: E402
 from cli import unit_share  # noqa: E402
 from through_plane_check import psnr_against_spline  # noqa: E402  (this folder is on the path when run as a script)
 
@@ -83,8 +82,7 @@ def adapted_model(source, volume, settings):
     """
     _, thick, _, geometry = volume
     thick = inference.finite_copy(thick)[0]  # NaN/Inf replaced as predict.py replaces them
-    low, high = volumes.robust_range(thick)
-    working = slice_geometry.resample((thick - low) / (high - low), geometry.working_shape())
+    _, working, _ = through_plane.scaled_and_working(thick, geometry)
     complete = copy.copy(settings)
     complete.adapt, complete.keep = True, 1.0
     prepared = through_plane.prepare_model(source, working, geometry, complete, time.monotonic())
