@@ -19,19 +19,25 @@ def probe(monkeypatch):
 
 
 def write_volume(path, depth=7):
-    """Axial slices k filled with k + 1 (so each slice names itself), 16x16."""
-    data = np.stack([np.full((16, 16), k + 1.0, np.float32) for k in range(depth)], axis=2)
-    data[0, 0, :] = 0.0  # a dark corner: each slice scales by its own maximum
+    """Axial slices of 16x16 at 1, each with one bright voxel whose row names the slice (k + 1)."""
+    data = np.ones((16, 16, depth), np.float32)
+    for k in range(depth):
+        data[k + 1, 3, k] = 4.0
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
     return data
+
+
+def slice_numbers(planes):
+    """Which slice each plane is, read from its bright voxel (after proxy_check's rot90)."""
+    return [int(np.argwhere(np.rot90(plane, -1) == 1.0)[0][0]) - 1 for plane in planes]
 
 
 def test_slices_leave_out_the_held_out_slice_and_its_gap(tmp_path, probe):
     write_volume(tmp_path / "scan.nii.gz")
     kept = probe.volume_slices(str(tmp_path / "scan.nii.gz"), held_out=3, gap=1)
-    assert len(kept) == 4  # 0, 1, 5, 6
-    assert all(plane.max() == 1.0 and plane.shape == (16, 16) for plane in kept)  # scaled as proxy_check scales
-    assert len(probe.volume_slices(str(tmp_path / "scan.nii.gz"), held_out=0, gap=0)) == 6
+    assert slice_numbers(kept) == [0, 1, 5, 6]
+    assert all(plane.shape == (16, 16) and plane.min() == 64 / 255 for plane in kept)  # 1/4 of the peak, 8-bit
+    assert slice_numbers(probe.volume_slices(str(tmp_path / "scan.nii.gz"), held_out=0, gap=0)) == [1, 2, 3, 4, 5, 6]
 
 
 def test_training_pairs_are_the_proxys_degradation(probe):
@@ -46,11 +52,14 @@ def test_training_pairs_are_the_proxys_degradation(probe):
 
 def test_kspace_crop_keeps_the_low_frequencies_at_a_coarser_matrix(probe):
     rows, cols = np.meshgrid(np.arange(64), np.arange(48), indexing="ij")
-    plane = 1.0 + 0.5 * np.cos(2 * np.pi * rows / 64)  # one cycle across: survives any crop
+    plane = 2.0 + 0.5 * np.cos(2 * np.pi * rows / 64) + 0.3 * np.sin(2 * np.pi * cols / 48)  # survives any crop
     coarse = probe.kspace_cropped(plane, 2.0)
     assert coarse.shape == (32, 24)
-    expected = 1.0 + 0.5 * np.cos(2 * np.pi * np.arange(32) / 32)
-    assert np.allclose(coarse[:, 5], expected / expected.max(), atol=1e-6)
+    r, c = np.meshgrid(np.arange(32), np.arange(24), indexing="ij")
+    expected = 2.0 + 0.5 * np.cos(2 * np.pi * r / 32) + 0.3 * np.sin(2 * np.pi * c / 24)
+    assert np.allclose(coarse, expected / expected.max(), atol=1e-6)
+    high = np.cos(np.pi * rows)  # the highest row frequency: cropped away, only its mean (0) is left
+    assert np.abs(probe.kspace_cropped(high + 2.0, 2.0) - 1.0).max() < 1e-6
 
 
 def test_heads_fine_tune_writes_a_model_that_loads(tmp_path, probe):
@@ -66,14 +75,28 @@ def test_heads_fine_tune_writes_a_model_that_loads(tmp_path, probe):
     assert model.output_shape == (None, None, None, 1)
 
 
-def test_bad_slices_arguments_are_refused_in_one_line(tmp_path, probe):
+def test_bad_arguments_are_refused_in_one_line(tmp_path, probe):
     write_volume(tmp_path / "scan.nii.gz", depth=3)
-    for args, words in ((["--held-out", "5"], "--held-out 5"), (["--held-out", "1", "--gap", "2"], "--gap 2")):
+    scan, model = str(tmp_path / "scan.nii.gz"), str(tmp_path / "m.keras")
+    for args, words in ((["--held-out", "5"], "--held-out 5"), (["--held-out", "1", "--gap", "2"], "--gap 2"),
+                        (["--held-out", "0", "--output", str(tmp_path / "m.h5")], "must end in .keras"),
+                        (["--held-out", "0", "--output", str(tmp_path / "no" / "m.keras")], "no such folder"),
+                        (["--held-out", "0", "--model", str(tmp_path / "none.keras")], "--model")):
+        arguments = ["slices", "--volume", scan, *args] + ([] if "--output" in args else ["--output", model])
         with pytest.raises(SystemExit) as stop:
-            probe.main(["slices", "--volume", str(tmp_path / "scan.nii.gz"), "--output", str(tmp_path / "m.keras"),
-                        *args])
+            probe.main(arguments)
         assert str(stop.value).startswith("error: ") and words in str(stop.value) and "\n" not in str(stop.value)
     with pytest.raises(SystemExit) as stop:
-        probe.main(["slices", "--volume", str(tmp_path / "none.nii.gz"), "--held-out", "0",
-                    "--output", str(tmp_path / "m.keras")])
+        probe.main(["slices", "--volume", str(tmp_path / "none.nii.gz"), "--held-out", "0", "--output", model])
     assert "no such file" in str(stop.value)
+    assert not os.path.exists(model)
+
+
+def test_flags_out_of_range_are_refused_by_the_parser(tmp_path, probe, capsys):
+    for args in (["slices", "--volume", "v.nii.gz", "--held-out", "1", "--gap", "-1"],
+                 ["heads", "--kspace", "0.5"]):
+        with pytest.raises(SystemExit) as stop:
+            probe.main([*args, "--output", str(tmp_path / "m.keras")])
+        assert stop.value.code == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and ("--gap" in error or "--kspace" in error)

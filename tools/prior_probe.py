@@ -16,8 +16,8 @@ rounded to 8 bits, as the proxy makes its inputs) with Adam and MSE, and saved.
 - heads: every --every-th training head of tools/real_volumes.py's tree (slices across the three axes at 12
   depths each), made to look like another kind of scan: averaged over --average voxels a side, or cropped in
   k-space to --kspace times the voxel size (ringing kept); inverted inside the tissue with probability
-  --invert (T2-like contrast); each slice's peak drawn between --peak-low and 1; Rician-like noise up to
-  --noise of the peak on the tissue.
+  --invert (T2-like contrast); each slice's peak drawn between --peak-low and 1; then Rician-like noise on
+  the tissue, of a standard deviation drawn up to --noise (on the 0-1 scale, not of the drawn peak).
 """
 import argparse
 import glob
@@ -33,12 +33,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tensorflow_env import keras  # noqa: E402
 import inference  # noqa: E402
 import proxy_check  # noqa: E402
-from cli import positive_float, positive_int, unit_share  # noqa: E402
+from cli import OneLineErrorParser, a_number, positive_float, positive_int, unit_share  # noqa: E402
 
 CROP = 64          # high-resolution crop side (16x16 inputs)
 BATCH = 16
 DEPTHS = 12        # slices a head and axis, between 20% and 80% of its extent
 TISSUE = 0.02      # of a slice's maximum: what counts as tissue for --invert and --noise
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def kspace_times(text):
+    """A k-space crop: at least 1 (the slice's own matrix)."""
+    value = a_number(text)
+    if not value >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value:g}")
+    return value
 
 
 def volume_slices(path, held_out, gap):
@@ -76,12 +94,14 @@ def head_slices(tree, every, averages):
                     plane = np.ascontiguousarray(np.take(volume, int(depth), axis=axis))
                     if (plane > 0).mean() > 0.1:
                         bank.append(plane / plane.max())
+    if not bank:
+        raise SystemExit(f"error: --tree {tree}: no slice of its training heads holds 10% tissue")
     return bank
 
 
 def kspace_cropped(plane, times):
     """The plane as a scanner acquiring `times` coarser pixels would reconstruct it: central k-space only."""
-    rows, cols = int(plane.shape[0] / times) // 2 * 2, int(plane.shape[1] / times) // 2 * 2
+    rows, cols = (max(2, int(side / times) // 2 * 2) for side in plane.shape)
     spectrum = np.fft.fftshift(np.fft.fft2(plane))
     top, left = plane.shape[0] // 2 - rows // 2, plane.shape[1] // 2 - cols // 2
     coarse = np.abs(np.fft.ifft2(np.fft.ifftshift(spectrum[top:top + rows, left:left + cols])))
@@ -120,27 +140,35 @@ def training_pair(planes, rng, prepare=lambda plane: plane):
 
 
 def main(argv=None):
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineErrorParser(add_help=False)
     common.add_argument("--model", default=os.path.join(ROOT, "pretrained", "quality_x4.keras"))
     common.add_argument("--output", required=True, help="the fine-tuned .keras file")
     common.add_argument("--steps", type=positive_int, default=None, help="default: 300 (slices), 600 (heads)")
     common.add_argument("--learning-rate", type=positive_float, default=1e-4)
     common.add_argument("--seed", type=int, default=0)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n")[0])
     kinds = parser.add_subparsers(dest="kind", required=True)
     slices = kinds.add_parser("slices", parents=[common], help="the other slices of one volume")
     slices.add_argument("--volume", required=True)
-    slices.add_argument("--held-out", type=int, required=True)
-    slices.add_argument("--gap", type=int, default=0, help="neighbours on either side left out too")
+    slices.add_argument("--held-out", type=non_negative_int, required=True)
+    slices.add_argument("--gap", type=non_negative_int, default=0, help="neighbours on either side left out too")
     heads = kinds.add_parser("heads", parents=[common], help="training heads made to look like another kind of scan")
     heads.add_argument("--tree", default=os.path.join(ROOT, "data", "real_volumes"))
     heads.add_argument("--every", type=positive_int, default=3)
     heads.add_argument("--average", type=positive_int, nargs="+", default=[1])
-    heads.add_argument("--kspace", type=positive_float, nargs="+", default=[])
+    heads.add_argument("--kspace", type=kspace_times, nargs="+", default=[])
     heads.add_argument("--invert", type=unit_share, default=0.2)
     heads.add_argument("--peak-low", type=unit_share, default=0.35)
     heads.add_argument("--noise", type=unit_share, default=0.0)
     args = parser.parse_args(argv)
+    if not args.output.endswith(".keras"):
+        raise SystemExit(f"error: --output {args.output}: must end in .keras (what proxy_check.py --model reads)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise SystemExit(f"error: --output {args.output}: no such folder")
+    try:
+        model = inference.read_model_file(args.model)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     rng = np.random.default_rng(args.seed)
     keras.utils.set_random_seed(args.seed)
     if args.kind == "slices":
@@ -151,7 +179,6 @@ def main(argv=None):
     else:
         planes, steps = head_slices(args.tree, args.every, args.average), args.steps or 600
         prepare = lambda plane: looks_like(plane, args, rng)  # noqa: E731
-    model = inference.read_model_file(args.model)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss="mse")
     for step in range(steps):
         loss = model.train_on_batch(*training_pair(planes, rng, prepare or (lambda plane: plane)))
