@@ -53,7 +53,7 @@ class Geometry:
     @property
     def ratio(self):
         """Slice spacing / finest in-plane voxel."""
-        return self.spacing / min(self.zooms[k] for k in self.in_plane_axes)
+        return self.spacing / finest_in_plane(self.zooms, self.axis)
 
     @property
     def in_plane_axes(self):
@@ -105,6 +105,11 @@ def slice_axis(zooms, axis=None):
     if axis is not None:
         return axis
     return int(np.argmax(zooms)) if max(zooms) > min(zooms) * 1.001 else 2
+
+
+def finest_in_plane(zooms, axis):
+    """The finer of the two in-plane voxel sizes (the slice axis is `axis`)."""
+    return min(zooms[k] for k in range(3) if k != axis)
 
 
 def nearest_factor(ratio, factors):
@@ -160,7 +165,7 @@ def read_geometry(zooms, shape, *, axis=None, factor=None, thickness=None, thick
         thickness_source = f"{os.path.basename(sidecar)}" if thickness is not None else None
     if thickness is None:
         thickness, thickness_source = spacing, "assumed equal to the spacing"
-    finest = min(zooms[k] for k in range(3) if k != axis)
+    finest = finest_in_plane(zooms, axis)
     factor = working_factor(spacing, finest, factor, shipped)
     return Geometry(axis, tuple(shape[:3]), zooms, float(thickness), thickness_source, factor,
                     float(target) if target else spacing / factor)

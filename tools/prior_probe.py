@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tensorflow_env import keras  # noqa: E402
 import inference  # noqa: E402
 import proxy_check  # noqa: E402
+import real_slices  # noqa: E402
 from cli import OneLineErrorParser, a_number, positive_float, positive_int, unit_share  # noqa: E402
 
 CROP = 64          # high-resolution crop side (16x16 inputs)
@@ -72,12 +73,6 @@ def volume_slices(path, held_out, gap):
     return kept
 
 
-def averaged(volume, k):
-    """The volume averaged over blocks of k x k x k voxels."""
-    s = [d - d % k for d in volume.shape]
-    return volume[:s[0], :s[1], :s[2]].reshape(s[0] // k, k, s[1] // k, k, s[2] // k, k).mean(axis=(1, 3, 5))
-
-
 def head_slices(tree, every, averages):
     """(average, slice) of every `every`-th training head, across its three axes, for each averaging."""
     files = sorted(glob.glob(os.path.join(tree, "train", "*.nii*")))[::every]
@@ -88,7 +83,7 @@ def head_slices(tree, every, averages):
         head = np.asanyarray(nib.load(path).dataobj).astype(np.float32)
         head = head.reshape(head.shape[:3])
         for k in averages:
-            volume = np.ascontiguousarray(averaged(head, k) if k > 1 else head)
+            volume = np.ascontiguousarray(real_slices.coarsened(head, k))
             for axis in range(3):
                 for depth in np.linspace(0.2, 0.8, DEPTHS) * volume.shape[axis]:
                     plane = np.ascontiguousarray(np.take(volume, int(depth), axis=axis))
@@ -134,9 +129,8 @@ def training_pair(planes, rng, prepare=lambda plane: plane):
     """(8-bit 4x area-averaged inputs, targets) of a batch, float32 NHWC."""
     targets = np.stack([random_crop(prepare(planes[rng.integers(len(planes))]), rng) for _ in range(BATCH)])
     targets = targets[..., None].astype(np.float32)
-    side = CROP // proxy_check.FACTOR
-    inputs = targets.reshape(BATCH, side, proxy_check.FACTOR, side, proxy_check.FACTOR, 1).mean(axis=(2, 4))
-    return (np.round(inputs * 255.0) / 255.0).astype(np.float32), targets
+    inputs = np.stack([proxy_check.area_downsample(target[..., 0] * 255.0) for target in targets])
+    return (inputs[..., None] / 255.0).astype(np.float32), targets
 
 
 def main(argv=None):
