@@ -24,11 +24,19 @@ the volume's fraction of it (issue 31: at least a third), and the per-epoch
 time of train.py's real input pipeline on the embedded data (pipeline alone, so one can see it never starves the model).
 The quality network (`predict.py --model quality`) gets the same figures
 but the pipeline's, its JSON keys prefixed `quality_` (--skip-quality: not).
+Last, `python predict.py --input CLINICAL.nii.gz --through-plane` with the
+default network, timed end to end as a user runs it (a new process:
+TensorFlow's start-up, reading, adaptation, inference, writing and the
+figure), on a clinical 2D acquisition made from the phantom: 3 mm coronal-like
+slices of 0.875 mm pixels, 256x256x60 (a spacing / pixel ratio of 3.4, refined
+x3 on a 1 mm grid), and 5 mm slices 6 mm apart of 0.45 mm zero-filled pixels,
+512x512x30 (ratio 13.3; --skip-through-plane: not).
 With --json the last line printed is one JSON object with the results.
 """
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +47,7 @@ import numpy as np
 import constants
 import dataset
 import inference
+import model_files
 import modules
 import volumes
 from cli import OneLineErrorParser, positive_int
@@ -65,6 +74,8 @@ def parse_args(argv=None):
     parser.add_argument("--skip-volume", action="store_true", help="do not time predict.py on a NIfTI volume")
     parser.add_argument("--skip-quality", action="store_true",
                         help="do not time the quality network (predict.py --model quality) beside the ESPCN")
+    parser.add_argument("--skip-through-plane", action="store_true",
+                        help="do not time predict.py --through-plane on the clinical volumes")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return parser.parse_args(argv)
 
@@ -120,7 +131,7 @@ def test_planes(data_dir, size):
 def shipped_quality_blocks():
     """The residual blocks of the shipped in-plane quality network (6, where constants.QUALITY_BLOCKS is 4):
     the size `predict.py --model quality` serves; None (constants' size) if the file is missing."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), constants.PRETRAINED_QUALITY)
+    path = model_files.shipped_path("quality")
     return modules.quality_blocks(keras.models.load_model(path, safe_mode=True)) if os.path.isfile(path) else None
 
 
@@ -188,7 +199,7 @@ def phantom_volume(slices, size, seed=0):
     return np.clip(volume, 0, 32767).astype(np.int16)
 
 
-def volume_seconds(model_path, slices, size, directory):
+def volume_seconds(model_path, slices, size, directory, precision):
     """Seconds of predict.py's in-plane NIfTI job, first run and a second (warm) run.
 
     The library calls predict.py makes (loading the model, reading, scaling,
@@ -201,12 +212,42 @@ def volume_seconds(model_path, slices, size, directory):
     seconds = []
     for _ in range(2):
         start = time.perf_counter()
-        model = inference.load_model(model_path, constants.PREDICT_PRECISION)
+        model = inference.load_model(model_path, precision)
         image, data = volumes.load_volume(volume_path)
         out = volumes.super_resolve_in_plane(model, image, data, 2, ensemble=constants.ENSEMBLE_VOLUMES)[0]
         volumes.save_resampled(image, out, volumes.in_plane_factors(2, constants.UPSCALE_FACTOR), out_path)
         seconds.append(time.perf_counter() - start)
         os.remove(out_path)
+    return seconds
+
+
+# Clinical 2D acquisitions for the through-plane timing: (name, in-plane pixels, pixel mm, slices, spacing mm,
+# thickness mm), the kinds of issue 28's clinical geometry (docs/through-plane.md).
+CLINICAL_VOLUMES = (("coronal_3mm", 256, 0.875, 60, 3.0, 3.0), ("axial_5of6mm_zero_filled", 512, 0.45, 30, 6.0, 5.0))
+
+
+def clinical_volume(directory, name, size, pixel, slices, spacing, thickness):
+    """Writes a phantom acquired as thick slices (with a BIDS sidecar stating a gap) and returns its path."""
+    path = os.path.join(directory, f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(phantom_volume(slices, size), np.diag([pixel, pixel, spacing, 1.0])), path)
+    if thickness != spacing:
+        with open(os.path.join(directory, f"{name}.json"), "w") as f:
+            json.dump({"SliceThickness": thickness, "SpacingBetweenSlices": spacing}, f)
+    return path
+
+
+def through_plane_seconds(directory, precision):
+    """{volume name: seconds} of `python predict.py --input V --through-plane` with the default network, each in
+    a new process as a user runs it (TensorFlow's start-up, reading, adaptation, inference, writing)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "predict.py")
+    seconds = {}
+    for name, *acquisition in CLINICAL_VOLUMES:
+        path = clinical_volume(directory, name, *acquisition)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, script, "--input", path, "--through-plane", "--precision", precision,
+                        "--output-dir", os.path.join(directory, "through_plane")], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds[name] = round(time.perf_counter() - start, 1)
     return seconds
 
 
@@ -259,6 +300,9 @@ def measure(args, directory):
         figures = network_figures(args, quality_rates, model_flops_per_image(quality, args.input_size), peak,
                                   quality_path, directory)
         result.update({f"quality_{key}": value for key, value in figures.items() if key != "volume"})
+    if not args.skip_through_plane:
+        result["through_plane_network"] = constants.DEFAULT_NETWORK
+        result["through_plane_seconds"] = through_plane_seconds(directory, args.predict_precision)
     if not args.skip_pipeline:
         seconds, count = pipeline_epoch_seconds(args.data_dir, args.batch_size)
         result["pipeline_epoch_s"] = round(seconds, 2)
@@ -281,7 +325,8 @@ def network_figures(args, rates, forward, peak, model_path, directory):
     result["train_fraction_of_peak"] = round(result["train_gflops"] / peak, 3)
     result["infer_fraction_of_peak"] = round(result["infer_gflops"] / peak, 3)
     if not args.skip_volume:
-        first, warm = volume_seconds(model_path, args.volume_slices, args.volume_size, directory)
+        first, warm = volume_seconds(model_path, args.volume_slices, args.volume_size, directory,
+                                     args.predict_precision)
         result["volume"] = f"{args.volume_slices} slices of {args.volume_size}x{args.volume_size}, int16, .nii.gz"
         result["volume_first_run_s"] = round(first, 2)
         result["volume_slices_per_s"] = round(args.volume_slices / warm, 1)
@@ -318,6 +363,9 @@ def print_report(result, args):
         print(f"quality network: train {result['quality_train_images_per_s']} img/s, predict.py's path "
               f"{result['quality_infer_images_per_s']} img/s, bare model call "
               f"{result['quality_model_infer_images_per_s']} img/s ({result['quality_infer_gflops']} GFLOP/s){volume}")
+    if "through_plane_seconds" in result:
+        print(f"predict.py --through-plane ({result['through_plane_network']} network, a new process each): "
+              + ", ".join(f"{name} {seconds} s" for name, seconds in result["through_plane_seconds"].items()))
     if "pipeline_epoch_s" in result:
         print(f"input pipeline: one epoch ({result['pipeline_examples_per_epoch']} crops) in "
               f"{result['pipeline_epoch_s']} s; the model needs {result['model_epoch_s_at_measured_speed']} s "

@@ -4,17 +4,19 @@ Inputs: every anatomical NIfTI (`sub-<label>[/ses-<label>]/anat/*.nii[.gz]`)
 of the chosen participants, of the chosen suffixes (T1w, FLAIR, ...); other
 data types (func/, dwi/, ...) are left alone.  Outputs go to the same relative
 folder of the output dataset, named as the source with one entity added before
-the suffix, `desc-<method>` (`desc-espcnx4` in-plane,
-`desc-espcnthroughx<F>` through-plane; BIDS keeps `desc` for exactly this:
+the suffix, `desc-<method>` (`desc-qualityx4` in-plane,
+`desc-qualitythroughx<F>` through-plane, `espcn...` for the ESPCN; BIDS keeps `desc` for exactly this:
 what processing distinguishes a derivative), e.g.
-`sub-01/ses-1/anat/sub-01_ses-1_desc-espcnx4_T1w.nii.gz`.  Beside each, the
+`sub-01/ses-1/anat/sub-01_ses-1_desc-qualityx4_T1w.nii.gz`.  Beside each, the
 JSON sidecar carries the source sidecar's fields that still hold, our
 provenance (provenance.py) and `Sources` as a BIDS URI into the raw dataset.
 
-`dataset_description.json` is written once, atomically: jobs for different
-participants may run into one output dataset at once (a cluster's job
-array); each writes the same description under a temporary name and renames
-it, so none sees a half-written file, and none touches another's outputs.
+`dataset_description.json` is written atomically, its GeneratedBy naming the
+network that ran: jobs for different participants may run into one output
+dataset at once (a cluster's job array); each of one command writes the same
+description under a temporary name and renames it, so none sees a
+half-written file, and none touches another's outputs.  A later command with
+the other network adds its own GeneratedBy entry.
 """
 import json
 import os
@@ -82,8 +84,9 @@ def output_path(bids_dir, source, out_dir, method, suffix=".nii.gz"):
 
 
 def method_label(tag):
-    """A BIDS label (letters and digits) for an output tag: x4 -> espcnx4, through_x5 -> espcnthroughx5."""
-    return "espcn" + re.sub(r"[^a-zA-Z0-9]", "", tag.replace(".", "p"))
+    """A BIDS label (letters and digits) for an output tag: quality_x4 -> qualityx4, espcn_through_x5 ->
+    espcnthroughx5, quality_through_1.25mm -> qualitythrough1p25mm."""
+    return re.sub(r"[^a-zA-Z0-9]", "", tag.replace(".", "p"))
 
 
 def carried_sidecar(source):
@@ -102,19 +105,31 @@ def bids_uri(bids_dir, path):
     return f"bids:raw:{os.path.relpath(path, bids_dir)}"
 
 
-def write_description(bids_dir, out_dir):
-    """The output dataset's dataset_description.json, written whole (atomically); an existing one is kept."""
+def write_description(bids_dir, out_dir, method):
+    """The output dataset's dataset_description.json, written whole (atomically); `method` names the network
+    that runs (e.g. "Quality network in-plane").  An existing one is kept, with this method added to its
+    GeneratedBy when it is not there yet (a dataset may hold both networks' outputs)."""
     path = os.path.join(out_dir, "dataset_description.json")
-    if os.path.isfile(path):
-        return path
+    generated = {"Name": constants.PROJECT_NAME, "Version": constants.VERSION,
+                 "Description": f"{method} super-resolution of anatomical MRI"}
+    try:
+        with open(path, encoding="utf-8") as f:
+            description = json.load(f)
+    except (OSError, ValueError):
+        description = None
+    if isinstance(description, dict):
+        if generated in description.get("GeneratedBy", []):
+            return path
+        description["GeneratedBy"] = list(description.get("GeneratedBy", [])) + [generated]
+    else:
+        description = {
+            "Name": f"{constants.PROJECT_NAME} super-resolution",
+            "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "derivative",
+            "GeneratedBy": [generated],
+            "SourceDatasets": [{"URL": "file://" + os.path.abspath(bids_dir)}],
+            "DatasetLinks": {"raw": "file://" + os.path.abspath(bids_dir)},
+        }
     os.makedirs(out_dir, exist_ok=True)
-    write_json(path, {
-        "Name": f"{constants.PROJECT_NAME} super-resolution",
-        "BIDSVersion": BIDS_VERSION,
-        "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": constants.PROJECT_NAME, "Version": constants.VERSION,
-                         "Description": "ESPCN super-resolution of anatomical MRI, in-plane x4 or through-plane"}],
-        "SourceDatasets": [{"URL": "file://" + os.path.abspath(bids_dir)}],
-        "DatasetLinks": {"raw": "file://" + os.path.abspath(bids_dir)},
-    })
+    write_json(path, description)
     return path

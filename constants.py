@@ -26,7 +26,7 @@ SEED = 1337
 # The project's name and version, written into what it derives (DICOM
 # SoftwareVersions and Manufacturer, the provenance of outputs).
 PROJECT_NAME = "brain-mri-espcn"
-VERSION = "0.29.0"
+VERSION = "0.30.0"
 # Embedded sample: slices are written as 256 wide x 240 tall 8-bit images, like
 # ADNI.  Test slices are one contiguous central axial slab; validation slices
 # are two axial slabs, one on either side of it; a gap of SAMPLE_GAP_SLICES
@@ -110,16 +110,28 @@ PSNR_CAP_DB = 100.0
 
 # --- Output -----------------------------------------------------------------
 OUTPUT_DIR = "output"
-MODEL_FILENAME = "espcn.keras"
-# Committed model, trained by train.py with the command in docs/training-recipe.md; predict.py
-# falls back to it when no freshly trained model exists at --model's default.
-PRETRAINED_MODEL = "pretrained/espcn_x4.keras"
-# The quality network's shipped in-plane model (predict.py --model quality) and
-# its through-plane ones (QUALITY_THROUGH_PLANE_FACTORS; the README's Quality network).
-PRETRAINED_QUALITY = "pretrained/quality_x4.keras"
-PRETRAINED_QUALITY_THROUGH_PLANE = "pretrained/quality_through_x{factor}.keras"
-# The names predict.py --model takes besides a file: the shipped models of each network.
+# The two networks (predict.py --model espcn|quality, train.py --network), their names in what a run
+# writes (console, JSON sidecar, DICOM SeriesDescription and DerivationDescription, BIDS desc-, file
+# names: <stem>_<network>_x4), and which one runs without --model.  DEFAULT_NETWORK is the one for the
+# user's own scans (--input, --bids; in-plane and --through-plane): the quality network, sharper than
+# the ESPCN on average on every set of real scans measured (README, Results; on a very noisy
+# diffusion slice the ESPCN gained a little more) at several times its work a pixel.  The
+# seed's job keeps the seed's network: train.py trains the ESPCN and predict.py without --input
+# evaluates it (SEED_NETWORK).  A model train.py wrote into --output-dir is preferred to either.
 NETWORKS = ("espcn", "quality")
+DEFAULT_NETWORK = "quality"
+SEED_NETWORK = "espcn"
+NETWORK_LABELS = {"espcn": "ESPCN", "quality": "Quality network"}
+# Committed models, trained with the commands in docs/training-recipe.md and docs/through-plane.md:
+# in-plane x4 of each network, and through-plane one per factor ({factor} is filled in; the quality
+# network ships QUALITY_THROUGH_PLANE_FACTORS only, the ESPCN THROUGH_PLANE_FACTORS' whole range).
+PRETRAINED_IN_PLANE = {"espcn": "pretrained/espcn_x4.keras", "quality": "pretrained/quality_x4.keras"}
+PRETRAINED_THROUGH_PLANE = {"espcn": "pretrained/espcn_through_x{factor}.keras",
+                            "quality": "pretrained/quality_through_x{factor}.keras"}
+# What train.py writes into --output-dir (and predict.py looks for there): named for the network,
+# and for through-plane models their factor, so that no run's model replaces another kind's.
+TRAINED_IN_PLANE = "{network}.keras"
+TRAINED_THROUGH_PLANE = "{network}_through_x{factor}.keras"
 # A DICOM series is written back as NIfTI ("nifti"), as a new DICOM series
 # beside the original ("dicom", for PACS and viewers), or "both"; other inputs
 # are written in their own format.  predict.py --output-format.
@@ -182,9 +194,6 @@ TENSORBOARD_IMAGE_EVERY = 5
 TENSORBOARD_IMAGES = 3
 
 # --- Through-plane super-resolution (predict.py --through-plane) ------------
-# Committed 1-D models, one per factor, trained by
-# train.py --through-plane-factor F (docs/through-plane.md); {factor} is filled in.
-PRETRAINED_THROUGH_PLANE = "pretrained/espcn_through_x{factor}.keras"
 # The factor a --compare --through-plane run makes thick slices with, when
 # --through-plane-factor is not given (4 mm slices from a 1 mm volume); with a
 # --model file or network of other factors, the nearest of them.
@@ -202,6 +211,10 @@ THROUGH_PLANE_FACTORS = (2, 6)
 # ESPCN at x5 and x6 gains +1.20 and +1.18 (README, *Quality network*).
 QUALITY_THROUGH_PLANE_FACTORS = (3, 4)
 THROUGH_PLANE_MIN_RATIO = 1.4
+# An in-plane axis whose voxel is within this ratio of the working voxel (spacing / F) stays as
+# acquired instead of being resampled onto the working grid: B-spline resampling a 1 mm axis to
+# 0.87 mm, or 0.87 mm to 1 mm, only blurs it, and the network refines a plane of either as well.
+WORKING_GRID_TOLERANCE = 1.2
 # How many times a model's factor may exceed a volume's spacing / pixel ratio when the factor
 # is the model's rather than --through-plane-factor's (a --model file of one factor, or the
 # quality network's nearest): the working grid is then that much finer than the volume's own
@@ -242,7 +255,7 @@ ADAPT_MIN_GAIN = 0.0
 # Adaptation takes ADAPT_STEPS steps (predict.py --adapt-steps) on volumes
 # whose working output has up to ADAPT_FULL_VOXELS voxels, proportionally
 # fewer on larger ones (whose inference takes longer), at least
-# ADAPT_MIN_SHARE of them (200 of the ESPCN's 500: at 16M voxels issue 21's
+# ADAPT_MIN_SHARE of them (800 of the ESPCN's 2000; 200 of its former 500: at 16M voxels issue 21's
 # heads passed 180 s for two volumes on a 2-core AVX2 CPU and were cut by the
 # cap; 40 of the quality network's 100, whose x3 volumes the cap cut at 100
 # steps; docs/through-plane.md): a number from the
@@ -250,7 +263,11 @@ ADAPT_MIN_GAIN = 0.0
 # any machine at any load; the time budget above is only a cap, with a
 # warning when it cuts adaptation short.  Every random draw of adaptation
 # comes from ADAPT_SEED.
-ADAPT_STEPS = 500
+# The ESPCN's 2000 (500 until release 0.30, with a working grid that resampled 0.87 mm pixels to 1 mm
+# and 1 mm ones to 0.87): on three held-out heads (docs/through-plane.md, *The ESPCN's through-plane
+# restored*) +2.13 dB mean over cubic B-spline against +1.91 with 500 steps, 41-51 s a head (2-core
+# AMD EPYC, AVX-512 BF16); the other scanner's head gains most from the longer adaptation.
+ADAPT_STEPS = 2000
 ADAPT_FULL_VOXELS = 8_000_000
 ADAPT_MIN_SHARE = 0.4
 ADAPT_SEED = 0

@@ -122,6 +122,7 @@ class Derivation:
     model: str = ""  # the model file's name, in SoftwareVersions
     slice_thickness: float = None  # SliceThickness in mm; None: the slice spacing
     uid_root: str = None  # an organisation's UID root for the new UIDs (pydicom's own when None)
+    network: str = ""  # the network that made it ("ESPCN", "Quality network"), its ManufacturerModelName
 
 
 class Skipped(ValueError):
@@ -620,7 +621,8 @@ def series_dataset(template, description_suffix, dtype, slope, inter, derivation
     dataset.SeriesDate = dataset.ContentDate = dataset.InstanceCreationDate = now.strftime("%Y%m%d")
     dataset.SeriesTime = dataset.ContentTime = dataset.InstanceCreationTime = now.strftime("%H%M%S")
     dataset.Manufacturer = constants.PROJECT_NAME  # the equipment that made this series: this software
-    dataset.ManufacturerModelName = "ESPCN"
+    if derivation.network:
+        dataset.ManufacturerModelName = derivation.network  # the equipment's model: the network that ran
     dataset.SoftwareVersions = [constants.VERSION] + ([derivation.model] if derivation.model else [])
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
     dataset.BitsAllocated = dataset.BitsStored = dtype.itemsize * 8

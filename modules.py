@@ -21,6 +21,8 @@ sub-pixel (nearest-neighbour upsampling, so the network learns only what
 nearest-neighbour misses).  Sizes in constants.QUALITY_FILTERS and
 QUALITY_BLOCKS; both kinds go through the same inference path.
 """
+import os
+
 import constants
 from tensorflow_env import keras, tf
 
@@ -362,8 +364,15 @@ def cpu_flags():
     return set()
 
 
+# oneDNN's ISA caps (its ONEDNN_MAX_CPU_ISA variable) below which bfloat16 math is not native.
+ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def cpu_has_bf16():
-    """True on CPUs with native bfloat16 math (AVX-512 BF16 or AMX)."""
+    """True on CPUs with native bfloat16 math (AVX-512 BF16 or AMX) that oneDNN may use: ONEDNN_MAX_CPU_ISA
+    set below AVX-512 BF16 (AVX2, say, to run as an AVX2-only CPU does) leaves bfloat16 to emulation."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ISAS_WITHOUT_BF16:
+        return False
     return bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 

@@ -59,10 +59,20 @@ class Geometry:
     def in_plane_axes(self):
         return [k for k in range(3) if k != self.axis]
 
+    def keeps_own_voxels(self, k):
+        """True where in-plane axis `k` is near enough the working voxel to stay as acquired
+        (constants.WORKING_GRID_TOLERANCE): resampling it would only blur it."""
+        ratio = self.zooms[k] / self.working_pixel
+        return max(ratio, 1 / ratio) <= constants.WORKING_GRID_TOLERANCE
+
     def working_shape(self):
-        """Voxels of the working grid along each axis (the slice axis as acquired)."""
-        return tuple(self.shape[k] if k == self.axis else resampled_length(self.shape[k], self.zooms[k],
-                                                                           self.working_pixel) for k in range(3))
+        """Voxels of the working grid along each axis (the slice axis, and in-plane axes near w, as acquired)."""
+        return tuple(self.shape[k] if k == self.axis or self.keeps_own_voxels(k) else
+                     resampled_length(self.shape[k], self.zooms[k], self.working_pixel) for k in range(3))
+
+    def working_zooms(self):
+        """The working grid's voxel sizes in mm."""
+        return tuple(self.zooms[k] * self.shape[k] / n for k, n in enumerate(self.working_shape()))
 
     def output_slices(self):
         """Slices of the output grid: the input's extent cut into slices as near `target` mm as whole numbers allow."""
@@ -90,7 +100,8 @@ class Geometry:
         gap = self.spacing - self.thickness
         return (f"slices {self.spacing:.3g} mm apart, {self.thickness:.3g} mm thick ({self.thickness_source})"
                 + (f", gap {gap:.3g} mm" if gap > 1e-3 else "") + f", voxels {sizes} mm; "
-                f"x{self.factor} on a {self.working_pixel:.3g} mm working grid, output slices "
+                f"x{self.factor} on a {' x '.join(f'{z:.3g}' for z in self.working_zooms())} mm working grid, "
+                f"output slices "
                 f"{self.output_spacing():.3g} mm apart")
 
 

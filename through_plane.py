@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 import constants
 import inference
 import measures
+import model_files
 import modules
 import slice_geometry
 import slice_profiles
@@ -80,18 +81,6 @@ def cubic_spline(volume, axis, n_out):
 
 # --- Models ----------------------------------------------------------------------------
 
-def pretrained_name(factor, network="espcn"):
-    """The shipped through-plane model of `network` ("espcn" or "quality") for `factor`, relative to the project."""
-    pattern = constants.PRETRAINED_QUALITY_THROUGH_PLANE if network == "quality" else \
-        constants.PRETRAINED_THROUGH_PLANE
-    return pattern.format(factor=factor)
-
-
-def pretrained_path(factor, network="espcn"):
-    """pretrained_name's file (it may not exist)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), pretrained_name(factor, network))
-
-
 def load_model_1d(path, factor=None, precision="float32"):
     """A through-plane ESPCN from a .keras file (safe mode), served in `precision`; ValueError naming the file."""
     model = inference.read_model_file(path)
@@ -112,11 +101,13 @@ def wrong_factor(path, found, factor):
 class ModelSource:
     """The starting model for a factor: a --model file if given, else the shipped one of the network named.
 
-    `model` is predict.py's --model: None or "espcn" (the shipped ESPCNs),
-    "quality" (the shipped quality networks: a factor without one is refused),
-    or a .keras file of one factor (factors(): volumes are refined at it).
-    Models are served in `precision` (predict.py's --precision; auto is
-    bfloat16 on CPUs with AVX-512 BF16 or AMX).  On the
+    `model` is predict.py's --model: "espcn" (the shipped ESPCNs, every factor
+    of constants.THROUGH_PLANE_FACTORS), "quality" (the shipped quality
+    networks: a factor without one is refused), None (the default network,
+    constants.DEFAULT_NETWORK: a factor it does not ship is served by the
+    ESPCN's, with a note), or a .keras file of one factor (factors(): volumes
+    are refined at it).  Models are served in `precision` (predict.py's
+    --precision; auto is bfloat16 on CPUs with AVX-512 BF16 or AMX).  On the
     template's --compare without adaptation (2-core AMD EPYC with AVX-512
     BF16): x4 34.7926 dB in bfloat16 against 34.7954 in float32, x3 36.7712
     against 36.7684, in 4.4 / 5.4 s against 8.0 / 9.2 s.
@@ -124,13 +115,31 @@ class ModelSource:
 
     def __init__(self, model=None, precision=constants.PREDICT_PRECISION):
         named = model is None or model in constants.NETWORKS
-        self.network = (model or "espcn") if named else None
+        self.network = (model or constants.DEFAULT_NETWORK) if named else None
+        self.chosen = model is not None  # --model named it: no other network stands in for a missing factor
         self.model_path, self.precision = (None if named else model), precision
         self.cache = {}
 
+    def describe(self):
+        """The source in words for the console and a BIDS dataset_description, e.g. "Quality network through-plane
+        (shipped, the default)"."""
+        if self.model_path:
+            return f"{model_files.label(self.network_for(self.model_file_factor()))} through-plane, --model " \
+                   f"{self.model_path}"
+        why = f"--model {self.network}" if self.chosen else "the default"
+        return f"{model_files.label(self.network)} through-plane (shipped, {why})"
+
+    def network_for(self, factor):
+        """The network that refines `factor` ("espcn" or "quality"), read from a --model file."""
+        if self.model_path:
+            return modules.network_of(self.cache[self.model_file_factor()][0])
+        if self.chosen or os.path.isfile(model_files.shipped_path(self.network, factor)):
+            return self.network
+        return "espcn"  # the default network does not ship this factor: the ESPCN's stands in
+
     def path_for(self, factor):
         """The model file for `factor`: the --model file, or the shipped one (which may not exist)."""
-        return self.model_path or pretrained_path(factor, self.network)
+        return self.model_path or model_files.shipped_path(self.network_for(factor), factor)
 
     def factors(self):
         """The factors this source refines, when not all: the quality network's shipped ones, or a --model
@@ -151,16 +160,19 @@ class ModelSource:
         """(model or None when no shipped ESPCN covers `factor`, a word on where it came from)."""
         if factor not in self.cache:
             path = self.path_for(factor)
+            network = self.network_for(factor)
             if self.model_path:
                 found = self.model_file_factor()
                 if found != factor:
                     raise wrong_factor(path, found, factor)
             elif os.path.isfile(path):
+                stand_in = "" if network == self.network else \
+                    f" (no {model_files.label(self.network)} is shipped for x{factor}: the ESPCN's stands in)"
                 self.cache[factor] = (load_model_1d(path, factor, self.precision),
-                                      f"pretrained {pretrained_name(factor, self.network)}")
-            elif self.network == "quality":
+                                      f"pretrained {model_files.shipped_name(network, factor)}{stand_in}")
+            elif network == "quality":
                 raise ValueError(f"--model quality: no quality network is shipped for x{factor} through-plane "
-                                 f"({pretrained_name(factor, 'quality')}); use --model espcn (the default) or a "
+                                 f"({model_files.shipped_name('quality', factor)}); use --model espcn or a "
                                  f"model trained with train.py --network quality --through-plane-factor {factor}")
             else:
                 self.cache[factor] = (None, "no pretrained model for this factor")

@@ -1,8 +1,10 @@
-"""Train the x4 ESPCN on brain-MRI slices.
+"""Train the x4 ESPCN (or, with --network quality, the quality network) on brain-MRI slices.
 
 usage: python train.py [--data-dir DIR] [--output-dir DIR] [--epochs N] [--batch-size N] ...
 
-Writes <output-dir>/espcn.keras (best validation loss), history.csv, and the
+Writes <output-dir>/espcn.keras (best validation loss; quality.keras with
+--network quality, <network>_through_x<F>.keras with --through-plane-factor
+F), which predict.py then prefers to the shipped models, history.csv, and the
 two training plots (psnr.png, loss.png).  With the default --data-dir and no
 data there, it first builds the embedded MNI152 sample.  An interrupted run
 (Ctrl-C, SIGTERM, kill -9) resumes from its last completed epoch when the same
@@ -35,6 +37,7 @@ from matplotlib.figure import Figure  # noqa: E402
 import backups  # noqa: E402
 import constants  # noqa: E402
 import dataset  # noqa: E402
+import model_files  # noqa: E402
 import modules  # noqa: E402
 import training_logs  # noqa: E402
 from backups import TrainingState  # noqa: E402
@@ -84,9 +87,10 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=constants.SEED, help="fixes the split, crops and augmentation")
     parser.add_argument("--upscale-factor", type=upscale_factor, default=constants.UPSCALE_FACTOR,
                         help="2 to 8; the pretrained model and reported results are x4")
-    parser.add_argument("--network", choices=constants.NETWORKS, default="espcn",
-                        help="espcn: the seed's ESPCN (3 convolutions); quality: the residual network beside it "
-                             "(predict.py --model quality; README, Quality network)")
+    parser.add_argument("--network", choices=constants.NETWORKS, default=constants.SEED_NETWORK,
+                        help="espcn: the seed's ESPCN (3 convolutions); quality: the residual network beside it, "
+                             "which predict.py runs on your scans by default (README, Quality network); the "
+                             "model is written as <output-dir>/<network>.keras (<network>_through_x<F>.keras)")
     parser.add_argument("--quality-filters", type=positive_int, default=constants.QUALITY_FILTERS,
                         help="--network quality: the width of its body")
     parser.add_argument("--blocks", type=positive_int, default=constants.QUALITY_BLOCKS,
@@ -145,6 +149,12 @@ class Run:
     resume_from: str = None        # the backup folder to continue from, if any
 
     @property
+    def model_path(self):
+        """Where the trained model goes: <output-dir>/<network>.keras, or <network>_through_x<F>.keras."""
+        return os.path.join(self.output_dir, model_files.trained_name(self.settings["--network"],
+                                                                      self.settings["--through-plane-factor"]))
+
+    @property
     def replicas(self):
         return self.strategy.num_replicas_in_sync
 
@@ -193,7 +203,7 @@ def run_settings(args, policy, jit, replicas, split):
         "extra training files": backups.files_fingerprint(extra) if extra else None,
         "--seed": args.seed, "--upscale-factor": args.upscale_factor, "--target-size": args.target_size,
         "--through-plane-factor": args.through_plane_factor, "--filters": list(args.filters),
-        "--network": args.network if args.network != "espcn" else None,
+        "--network": args.network,
         "--quality-filters": args.quality_filters if args.network == "quality" else None,
         "--blocks": args.blocks if args.network == "quality" else None,
         "--thickness-ratios": list(args.thickness_ratios) if args.thickness_ratios != [1.0] else None,
@@ -225,6 +235,8 @@ def backup_to_resume(args, settings, chief):
         stored = backups.read_settings(latest)
     except (OSError, ValueError) as error:
         raise ValueError(f"{latest}: unreadable settings ({error}); add --restart to discard this backup") from None
+    if stored.get("--network") is None:  # backups written before the network was always stored: the ESPCN's
+        stored["--network"] = "espcn"
     differences = backups.differing_settings(stored, settings)
     if differences:
         raise ValueError(f"--output-dir {args.output_dir} holds the backup of another run; this command differs in "
@@ -441,7 +453,7 @@ def save_epoch(state, row, model, run, stop, log, validation):
     """
     stop.phase = f"saving epoch {row['epoch'] + 1}"
     if state.record(row, model):
-        write_atomically(os.path.join(run.output_dir, constants.MODEL_FILENAME), model.save)
+        write_atomically(run.model_path, model.save)
     backups.write_backup(state, run.settings, backups.backup_dir_of(run.output_dir))
     save_history_csv(state.history, os.path.join(run.output_dir, "history.csv"))
     log.write_epoch(row, model, validation)
@@ -460,7 +472,7 @@ def finish(model, state, args, run):
     if state.epochs_without_improvement >= args.patience:
         print(f"early stopping: no better validation loss for {args.patience} epochs")
     rows = state.history
-    model_path = os.path.join(run.output_dir, constants.MODEL_FILENAME)
+    model_path = run.model_path
     model.set_weights([w.numpy() for w in state.best_weights])
     write_atomically(model_path, model.save)
     save_history_csv(rows, os.path.join(run.output_dir, "history.csv"))

@@ -39,10 +39,11 @@ def raw(tmp_path):
 
 def test_each_participant_job_adds_its_outputs_to_one_derivatives_dataset(raw):
     out = raw / "derivatives" / "espcn"
+    # the ESPCN (fast): the jobs' mechanics, not the network (tests/test_default_network.py: the default's names)
     assert predict.main(["--bids", str(raw), "--output-dir", str(out), "--participant-label", "01",
-                         "--precision", "float32"]) == 0
+                         "--model", "espcn", "--precision", "float32"]) == 0
     assert predict.main(["--bids", str(raw), "--output-dir", str(out), "--participant-label", "sub-02",
-                         "--through-plane", "--no-adapt", "--precision", "float32"]) == 0
+                         "--through-plane", "--no-adapt", "--model", "espcn", "--precision", "float32"]) == 0
     description = json.load(open(out / "dataset_description.json"))
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "brain-mri-espcn" and description["SourceDatasets"]

@@ -36,8 +36,8 @@ def test_in_plane_volumes_keep_their_brightest_voxels(tmp_path):
     volume.flat[vessels] = 1826.0 * rng.uniform(0.8, 1.0, len(vessels))
     nib.save(nib.Nifti1Image(volume.astype(np.int16), np.diag([0.9, 0.9, 3.0, 1.0])), str(tmp_path / "post.nii.gz"))
     assert predict.main(["--input", str(tmp_path / "post.nii.gz"), "--output-dir", str(tmp_path / "out"),
-                         "--precision", "float32"]) == 0
-    out = np.asarray(nib.load(str(tmp_path / "out" / "post_x4.nii.gz")).dataobj)
+                         "--model", "espcn", "--precision", "float32"]) == 0
+    out = np.asarray(nib.load(str(tmp_path / "out" / "post_espcn_x4.nii.gz")).dataobj)
     assert out.max() <= volume.max()  # limited to the input's range, never to a percentile of it
     assert brightest_mean(out) >= 0.9 * brightest_mean(volume), (brightest_mean(out), brightest_mean(volume))
 
@@ -56,10 +56,10 @@ def post_contrast(tmp_path):
 def test_a_derived_series_says_what_it_is(tmp_path, post_contrast):
     out = tmp_path / "out"
     assert predict.main(["--input", post_contrast, "--output-dir", str(out), "--output-format", "dicom",
-                         "--precision", "float32", "--uid-root", "1.2.826.0.1.99"]) == 0
+                         "--model", "espcn", "--precision", "float32", "--uid-root", "1.2.826.0.1.99"]) == 0
     sources = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in glob.glob(post_contrast + "/*")}
     source = next(iter(sources.values()))
-    files = [pydicom.dcmread(p) for p in sorted(glob.glob(str(out / "T1_post_x4" / "*.dcm")))]
+    files = [pydicom.dcmread(p) for p in sorted(glob.glob(str(out / "T1_post_espcn_x4" / "*.dcm")))]
     first = files[0]
     assert float(first.SliceThickness) == 1.0 and float(first.SpacingBetweenSlices) == 1.5
     assert first.ContrastBolusAgent == "Gadobutrol" and float(first.RepetitionTime) == 8.1
@@ -67,6 +67,7 @@ def test_a_derived_series_says_what_it_is(tmp_path, post_contrast):
     assert list(first.ImageType)[0] == "DERIVED" and "in-plane super-resolution" in first.DerivationDescription
     assert first.SeriesDescription == "T1 axial ESPCN x4"
     assert "espcn_x4.keras" in first.SoftwareVersions and first.Manufacturer != "ScannerCo"
+    assert first.ManufacturerModelName == "ESPCN"
     assert "StationName" not in first
     assert {item.ReferencedSOPInstanceUID for item in first.SourceImageSequence} == set(sources)
     assert first.SeriesDate and first.ContentDate and first.SeriesTime
@@ -78,8 +79,9 @@ def test_a_quality_network_series_names_its_network(tmp_path, post_contrast):
     out = tmp_path / "out"
     assert predict.main(["--input", post_contrast, "--output-dir", str(out), "--output-format", "dicom",
                          "--model", "quality", "--ensemble", "1", "--precision", "float32"]) == 0
-    first = pydicom.dcmread(sorted(glob.glob(str(out / "T1_post_x4" / "*.dcm")))[0])
+    first = pydicom.dcmread(sorted(glob.glob(str(out / "T1_post_quality_x4" / "*.dcm")))[0])
     assert first.SeriesDescription == "T1 axial Quality network x4"
+    assert first.ManufacturerModelName == "Quality network"
     assert first.DerivationDescription.startswith("Quality network x4 in-plane")
     assert "quality_x4.keras" in first.SoftwareVersions
 
@@ -87,19 +89,20 @@ def test_a_quality_network_series_names_its_network(tmp_path, post_contrast):
 def test_a_through_plane_series_states_its_new_slices(tmp_path, post_contrast):
     out = tmp_path / "out"
     assert predict.main(["--input", post_contrast, "--output-dir", str(out), "--output-format", "dicom",
-                         "--through-plane", "--no-adapt", "--through-plane-factor", "2", "--precision",
-                         "float32"]) == 0
-    first = pydicom.dcmread(sorted(glob.glob(str(out / "*" / "*.dcm")))[0])
+                         "--through-plane", "--no-adapt", "--through-plane-factor", "2", "--model", "espcn",
+                         "--precision", "float32"]) == 0
+    first = pydicom.dcmread(sorted(glob.glob(str(out / "T1_post_espcn_through_x2" / "*.dcm")))[0])
     assert float(first.SliceThickness) == float(first.SpacingBetweenSlices) == 0.75
     assert "1.5 mm apart and 1 mm thick" in first.DerivationDescription
-    assert first.SeriesDescription == "T1 axial ESPCN through x2"
+    assert first.SeriesDescription == "T1 axial ESPCN through x2" and first.ManufacturerModelName == "ESPCN"
 
 
 def test_a_pet_series_is_refused_in_one_line(tmp_path, capsys):
     folder = tmp_path / "PET"
     write_files(str(folder), a_volume(4, shape=(12, 10, 4)), Modality="PT",
                 SOPClassUID=pydicom.uid.PositronEmissionTomographyImageStorage, description="FDG brain")
-    code = predict.main(["--input", str(folder), "--output-dir", str(tmp_path / "out"), "--output-format", "both"])
+    code = predict.main(["--input", str(folder), "--output-dir", str(tmp_path / "out"), "--output-format", "both",
+                         "--model", "espcn"])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code != 0 and len(lines) == 1 and "Modality PT" in lines[0] and "FDG brain" in lines[0], err
@@ -138,11 +141,11 @@ def test_a_killed_writer_leaves_no_partial_folder_after_the_next_run(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("dcm2niix") is None, reason="dcm2niix (pip install dcm2niix) not installed")
-@pytest.mark.parametrize("flags, tag", [([], "x4"), (["--through-plane", "--no-adapt"], "through_x2")])
+@pytest.mark.parametrize("flags, tag", [([], "espcn_x4"), (["--through-plane", "--no-adapt"], "espcn_through_x2")])
 def test_dcm2niix_reads_each_derived_series_onto_our_nifti_voxels(tmp_path, post_contrast, flags, tag):
     out = tmp_path / "out"
     assert predict.main(["--input", post_contrast, "--output-dir", str(out), "--output-format", "both",
-                         "--precision", "float32", *flags]) == 0
+                         "--model", "espcn", "--precision", "float32", *flags]) == 0
     converted = tmp_path / "dcm2niix"
     converted.mkdir()
     done = subprocess.run(["dcm2niix", "-z", "n", "-b", "n", "-f", "%s", "-o", str(converted),

@@ -351,12 +351,13 @@ def test_written_series_reads_back_exactly_on_its_finer_grid(tmp_path, orientati
 
 
 def test_written_files_carry_the_dicom_attributes(tmp_path):
-    write_files(tmp_path / "in", a_volume(16), description="T1 axial")
+    write_files(tmp_path / "in", a_volume(16), description="T1 axial", ManufacturerModelName="Skyra")
     series = load_folder(tmp_path / "in")[0][0]
     inputs = {path: open(path, "rb").read() for path in series.files}
     dicom_series.write_series(series, refined(dicom_series.load_series(series), [4, 4, 1]),
                               str(tmp_path / "in_x4"), " ESPCN x4",
-                              dicom_series.Derivation("ESPCN x4", slice_thickness=dicom_series.slice_thickness(series)))
+                              dicom_series.Derivation("ESPCN x4", slice_thickness=dicom_series.slice_thickness(series),
+                                                      network="ESPCN"))
     files = [pydicom.dcmread(tmp_path / "in_x4" / name) for name in sorted(os.listdir(tmp_path / "in_x4"))]
     source = pydicom.dcmread(series.files[0])
     assert len(files) == 6 and len({f.SOPInstanceUID for f in files}) == 6
@@ -367,6 +368,7 @@ def test_written_files_carry_the_dicom_attributes(tmp_path):
     assert (first.StudyInstanceUID, first.FrameOfReferenceUID, first.SOPClassUID) == \
         (STUDY, FRAME, pydicom.uid.MRImageStorage)
     assert list(first.ImageType) == ["DERIVED", "SECONDARY"] and first.SeriesDescription == "T1 axial ESPCN x4"
+    assert first.ManufacturerModelName == "ESPCN"  # the equipment that made it: the network, not the scanner
     assert (first.Rows, first.Columns, first.BitsAllocated, first.PixelRepresentation) == (40, 48, 16, 1)
     assert [float(v) for v in first.PixelSpacing] == [0.225, 0.2] and first.SeriesNumber == 1003
     # in-plane the slices are the source's: its thickness (3 mm) is kept, the spacing is the grid's

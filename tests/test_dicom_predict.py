@@ -51,17 +51,19 @@ def test_a_dicom_folder_in_plane_gives_nifti_and_dicom_on_the_exact_finer_grid(t
     before = {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
     out = tmp_path / "out"
     assert predict.main(["--input", folder, "--output-dir", str(out), "--output-format", "both",
-                         "--precision", "float32"]) == 0
+                         "--model", "espcn", "--precision", "float32"]) == 0
     printed = capsys.readouterr()
     assert all(value not in printed.out + printed.err for value in PERSONAL)
     source = read_back(folder)
-    nifti = volumes.load_volume(str(out / "T1_post_x4.nii.gz"))
-    series = read_back(str(out / "T1_post_x4"))
+    nifti = volumes.load_volume(str(out / "T1_post_espcn_x4.nii.gz"))
+    series = read_back(str(out / "T1_post_espcn_x4"))
     expected_affine = volumes.resampled_affine(source.affine, (4, 4, 1))
     for image in (nifti[0], series):
         assert image.shape == (160, 144, 10)
         np.testing.assert_allclose(image.affine, expected_affine, atol=1e-4)
         np.testing.assert_allclose(image.header.get_zooms()[:3], (0.2, 0.225, 3.0), atol=1e-5)
+    assert sorted(os.listdir(out)) == ["T1_post_espcn_x4", "T1_post_espcn_x4.json", "T1_post_espcn_x4.nii.gz",
+                                       "T1_post_espcn_x4_planes.png"]  # one figure for both formats
     values = np.asarray(series.dataobj, np.float32)
     np.testing.assert_array_equal(values, nifti[1])  # one result, two formats
     assert psnr(averaged_back(values, (4, 4, 1)), volume, volume.max()) >= 33
@@ -72,8 +74,8 @@ def test_a_dicom_folder_through_plane_refines_the_slices(tmp_path, scanner_folde
     folder, volume = scanner_folder
     out = tmp_path / "out"
     assert predict.main(["--input", folder, "--output-dir", str(out), "--through-plane", "--no-adapt",
-                         "--output-format", "dicom", "--precision", "float32"]) == 0
-    source, series = read_back(folder), read_back(str(out / "T1_post_through_x4"))  # round(3 mm / 0.8 mm)
+                         "--output-format", "dicom", "--model", "espcn", "--precision", "float32"]) == 0
+    source, series = read_back(folder), read_back(str(out / "T1_post_espcn_through_x4"))  # round(3 mm / 0.8 mm)
     assert series.shape == (40, 36, 40)
     np.testing.assert_allclose(series.affine, volumes.resampled_affine(source.affine, (1, 1, 4)), atol=1e-4)
     values = np.asarray(series.dataobj, np.float32)
@@ -88,20 +90,22 @@ def test_a_mixed_folder_handles_each_kind_and_a_bad_series_does_not_stop_the_oth
                 series_uid="1.2.3.4.2", number=2)
     (folder / "good" / "notes.txt").write_text("not an image")
     code = predict.main(["--input", str(folder / "good"), "--output-dir", str(tmp_path / "out"),
-                         "--precision", "float32"])
+                         "--model", "espcn", "--precision", "float32"])
     err = capsys.readouterr().err
     assert code == 1
-    assert (tmp_path / "out" / "good_s1_x4.nii.gz").exists() and not (tmp_path / "out" / "good_s2_x4.nii.gz").exists()
+    assert (tmp_path / "out" / "good_s1_espcn_x4.nii.gz").exists()
+    assert not (tmp_path / "out" / "good_s2_espcn_x4.nii.gz").exists()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "evenly spaced" in errors[0] and "Traceback" not in err
 
 
 def test_an_output_folder_that_holds_inputs_is_never_replaced(tmp_path, capsys):
     out = tmp_path / "out"
-    inside = write_files(str(out / "a_x4"), smooth_head((24, 24, 1)), names=["a"])  # a one-file series: stem "a"
+    inside = write_files(str(out / "a_espcn_x4"), smooth_head((24, 24, 1)), names=["a"])  # one file: stem "a"
     before = open(inside[0], "rb").read()
     code = predict.main(["--input", inside[0], "--output-dir", str(out), "--output-format", "dicom",
-                         "--precision", "float32"])
+                         "--model", "espcn", "--precision", "float32"])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1 and "holds inputs" in errors[0]
-    assert os.listdir(out / "a_x4") == ["a"] and open(inside[0], "rb").read() == before
+    assert os.listdir(out / "a_espcn_x4") == ["a"] and open(inside[0], "rb").read() == before
+    assert os.listdir(out) == ["a_espcn_x4"]  # nor its figure written

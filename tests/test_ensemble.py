@@ -52,6 +52,8 @@ def outputs(tmp_path, name, inputs, *flags):
 
 
 def test_predict_defaults_ensemble_images_but_not_volumes(tmp_path):
+    """predict.py's defaults as a user meets them: its default network (the quality network), 8 views for images,
+    1 for volumes."""
     assert constants.ENSEMBLE_IMAGES == 8 and constants.ENSEMBLE_VOLUMES == 1
     rng = np.random.default_rng(13)
     png, nifti = tmp_path / "slice.png", tmp_path / "volume.nii.gz"
@@ -61,10 +63,10 @@ def test_predict_defaults_ensemble_images_but_not_volumes(tmp_path):
             for flags in ((), ("--ensemble", "1"), ("--ensemble", "8"))}
 
     def png_of(run):
-        return np.asarray(Image.open(runs[run] / "slice_x4.png")).astype(int)
+        return np.asarray(Image.open(runs[run] / "slice_quality_x4.png")).astype(int)
 
     def nifti_of(run):
-        return np.asanyarray(nib.load(runs[run] / "volume_x4.nii.gz").dataobj).astype(int)
+        return np.asanyarray(nib.load(runs[run] / "volume_quality_x4.nii.gz").dataobj).astype(int)
 
     assert np.array_equal(png_of(()), png_of(("--ensemble", "8")))
     assert not np.array_equal(png_of(()), png_of(("--ensemble", "1")))

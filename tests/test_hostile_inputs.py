@@ -87,7 +87,7 @@ def test_one_call_over_a_corpus_of_bad_files_gives_one_plain_line_each(tmp_path,
     assert "Traceback" not in text and "\x1b[" not in text
     for name in ("IndexError", "DTypePromotionError", "EOFError", "OSError", "ValueError", "Exception"):
         assert name not in text
-    assert (tmp_path / "out" / "good_x4.png").exists()
+    assert (tmp_path / "out" / "good_espcn_x4.png").exists()
 
 
 def test_a_planted_symlink_never_redirects_a_write_onto_the_input(tmp_path, model_path, monkeypatch, capsys):
@@ -108,7 +108,7 @@ def test_a_planted_symlink_never_redirects_a_write_onto_the_input(tmp_path, mode
     # drawn first by other temporary files of the run, e.g. check_output_dir's probe).
     drawn = (f"known{i}" for i in itertools.count())
     monkeypatch.setattr(tempfile, "_name_sequence", drawn)
-    planted = [out / f"{atomic_files.partial_prefix()}known{i}-scan_x4.png" for i in range(16)]
+    planted = [out / f"{atomic_files.partial_prefix()}known{i}-scan_espcn_x4.png" for i in range(16)]
     for link in planted:
         os.symlink(scan, link)
     tried, recording = [], [True]  # every name mkstemp tries, from its audit event (the hook cannot be removed)
@@ -120,16 +120,16 @@ def test_a_planted_symlink_never_redirects_a_write_onto_the_input(tmp_path, mode
         recording[0] = False
     assert scan.read_bytes() == before, "a write went through a planted link onto the input"
     assert all(link.is_symlink() and os.readlink(link) == str(scan) for link in planted)
-    assert not (out / "scan_x4.png").is_symlink()
-    with Image.open(out / "scan_x4.png") as written:
+    assert not (out / "scan_espcn_x4.png").is_symlink()
+    with Image.open(out / "scan_espcn_x4.png") as written:
         assert written.size == (44, 36)
     writer = [path for path in tried if os.path.basename(path).startswith(".partial-")]
     links = {str(link) for link in planted}
     assert len(writer) >= 2 and set(writer[:-1]) <= links, writer  # it met planted links...
     assert writer[-1] not in links, writer  # ...and went on to a fresh name
     # The output's own name planted as a link to the input: refused (exit 1, as any failed file), input untouched.
-    (out / "scan_x4.png").unlink()
-    os.symlink(scan, out / "scan_x4.png")
+    (out / "scan_espcn_x4.png").unlink()
+    os.symlink(scan, out / "scan_espcn_x4.png")
     capsys.readouterr()
     assert predict.main(["--model", model_path, "--output-dir", str(out), "--input", str(scan)]) == 1
     assert "one of the inputs" in capsys.readouterr().err
@@ -181,7 +181,7 @@ def test_bad_voxel_sizes_are_one_warning_line(odd_run):
 def test_non_finite_voxels_warn_and_stay_local(odd_run):
     _, out_dir, warnings = odd_run
     assert len(warnings["holes"]) == 1 and "1 NaN and 2 infinite" in warnings["holes"][0]
-    out = nib.load(str(out_dir / "holes_x4.nii.gz")).get_fdata()
+    out = nib.load(str(out_dir / "holes_espcn_x4.nii.gz")).get_fdata()
     expected_nan = np.zeros(out.shape, bool)
     expected_nan[8:12, 12:16, 1] = True  # input voxel (2, 3) of slice 1, x4 in-plane
     assert np.array_equal(np.isnan(out), expected_nan)
@@ -191,7 +191,7 @@ def test_non_finite_voxels_warn_and_stay_local(odd_run):
 def test_float_tiff_with_nan_and_inf(odd_run):
     _, out_dir, warnings = odd_run
     assert len(warnings["f"]) == 1 and "1 NaN and 1 infinite" in warnings["f"][0]
-    out = np.asarray(Image.open(out_dir / "f_x4.tif"))
+    out = np.asarray(Image.open(out_dir / "f_espcn_x4.tif"))
     assert np.isnan(out).sum() == 16 and np.isnan(out[4:8, 4:8]).all()
     assert np.isfinite(out[~np.isnan(out)]).all()
 
@@ -204,7 +204,7 @@ def test_multi_frame_tiff_names_the_frames_left_out(odd_run):
 def test_same_stem_of_different_kinds_gives_both_outputs(odd_run):
     _, out_dir, warnings = odd_run
     assert not warnings["same_png"] and not warnings["same_nii"]
-    assert (out_dir / "same_x4.png").exists() and (out_dir / "same_x4.nii.gz").exists()
+    assert (out_dir / "same_espcn_x4.png").exists() and (out_dir / "same_espcn_x4.nii.gz").exists()
 
 
 def test_a_three_channel_model_is_refused_in_one_plain_line(tmp_path):
@@ -325,6 +325,8 @@ def test_an_output_too_large_for_memory_is_refused_up_front(tmp_path, model_path
     save_volume(tmp_path / "v.nii", np.zeros((8, 8, 4), np.int16))
     assert predict.main(["--model", model_path, "--output-dir", str(tmp_path / "out"), "--input",
                          str(tmp_path / "x.png"), str(tmp_path / "v.nii")]) == 1
-    assert not (tmp_path / "out" / "x_x4.png").exists() and not (tmp_path / "out" / "v_x4.nii.gz").exists()
+    assert not (tmp_path / "out" / "x_espcn_x4.png").exists()
+    assert not (tmp_path / "out" / "v_espcn_x4.nii.gz").exists()
+    assert not (tmp_path / "out" / "v_espcn_x4_planes.png").exists()
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and all("would take" in line and "GiB" in line for line in errors), errors

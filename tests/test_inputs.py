@@ -54,7 +54,7 @@ def test_every_image_mode_keeps_its_kind_at_four_times_the_size(tmp_path, model_
     src = tmp_path / f"scan{suffix}"
     image.save(src)
     assert run(model_path, tmp_path / "out", src) == 0
-    out = tmp_path / "out" / f"scan_x4{out_suffix}"
+    out = tmp_path / "out" / f"scan_espcn_x4{out_suffix}"
     with Image.open(out) as result:
         assert result.size == (84, 52)
         assert result.mode == out_mode
@@ -67,7 +67,7 @@ def test_sixteen_bit_output_keeps_the_files_own_levels(tmp_path):
     values[4:12, 4:12] = 1000
     Image.fromarray(values).save(tmp_path / "deep.png")
     assert run(PRETRAINED, tmp_path, tmp_path / "deep.png", extra=("--precision", "float32")) == 0
-    with Image.open(tmp_path / "deep_x4.png") as result:
+    with Image.open(tmp_path / "deep_espcn_x4.png") as result:
         assert result.mode == "I;16"
         out = np.asarray(result).astype(np.int64)
     assert out.shape == (64, 64)
@@ -82,7 +82,7 @@ def test_sixteen_bit_output_keeps_the_files_own_levels(tmp_path):
 def test_colour_chroma_survives(tmp_path, model_path):
     Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "red.png")
     assert run(model_path, tmp_path, tmp_path / "red.png") == 0
-    r, g, b = np.asarray(Image.open(tmp_path / "red_x4.png")).reshape(-1, 3).mean(axis=0)
+    r, g, b = np.asarray(Image.open(tmp_path / "red_espcn_x4.png")).reshape(-1, 3).mean(axis=0)
     assert r > g + 50 and r > b + 50
 
 
@@ -112,7 +112,7 @@ def test_nifti_volume_keeps_its_place_in_world_space(tmp_path, model_path, axis)
     src = tmp_path / "b0.nii.gz"
     original = make_volume(src)
     assert run(model_path, tmp_path / "out", src, extra=("--axis", str(axis))) == 0
-    result = nib.load(str(tmp_path / "out" / "b0_x4.nii.gz"))
+    result = nib.load(str(tmp_path / "out" / "b0_espcn_x4.nii.gz"))
     expected_shape = [s * 4 if k != axis else s for k, s in enumerate(original.shape)]
     assert list(result.shape) == expected_shape
     zooms = np.array(original.header.get_zooms()) / np.where(np.arange(3) == axis, 1, 4)
@@ -137,7 +137,7 @@ def test_nifti_intensities_come_back_in_the_volumes_own_units(tmp_path):
     nib.save(image, str(tmp_path / "smooth.nii.gz"))
     source = nib.load(str(tmp_path / "smooth.nii.gz"))
     assert run(PRETRAINED, tmp_path / "out", tmp_path / "smooth.nii.gz", extra=("--precision", "float32")) == 0
-    result = nib.load(str(tmp_path / "out" / "smooth_x4.nii.gz"))
+    result = nib.load(str(tmp_path / "out" / "smooth_espcn_x4.nii.gz"))
     assert result.get_data_dtype() == np.int16 and (result.dataobj.slope, result.dataobj.inter) == (0.5, -100.0)
     expected = source.get_fdata()
     block_means = result.get_fdata().reshape(40, 4, 36, 4, 3).mean(axis=(1, 3))
@@ -152,7 +152,7 @@ def test_4d_nifti_is_done_volume_by_volume(tmp_path, model_path):
     frame = np.random.default_rng(3).random((6, 7, 3)).astype(np.float32) + 0.5
     nib.save(nib.Nifti1Image(np.stack([frame, 2 * frame], axis=-1), np.eye(4)), str(tmp_path / "f.nii"))
     assert run(model_path, tmp_path, tmp_path / "f.nii") == 0
-    out = nib.load(str(tmp_path / "f_x4.nii.gz")).get_fdata()
+    out = nib.load(str(tmp_path / "f_espcn_x4.nii.gz")).get_fdata()
     assert out.shape == (24, 28, 3, 2)
     assert np.ptp(out[..., 0]) > 0.1 * np.ptp(frame), "the first frame came back flat"
     np.testing.assert_allclose(out[..., 1], 2 * out[..., 0], rtol=1e-5)
@@ -165,7 +165,7 @@ def test_a_folder_means_its_supported_files(tmp_path, model_path):
     Image.new("L", (8, 8), 50).save(folder / "b.jpeg")
     (folder / "notes.txt").write_text("not an image")
     assert run(model_path, tmp_path / "out", folder) == 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["a_x4.png", "b_x4.png"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["a_espcn_x4.png", "b_espcn_x4.png"]
 
 
 def test_bad_files_get_one_line_each_and_the_rest_still_run(tmp_path, model_path, capsys):
@@ -186,12 +186,12 @@ def test_bad_files_get_one_line_each_and_the_rest_still_run(tmp_path, model_path
     code = run(model_path, tmp_path / "out", empty, text, truncated, good, bad_nii, other, missing)
     err = capsys.readouterr().err
     assert code == 1  # README: the exit code is 1 if any file failed
-    assert (tmp_path / "out" / "good_x4.png").exists()
+    assert (tmp_path / "out" / "good_espcn_x4.png").exists()
     for path in (empty, text, truncated, bad_nii, other, missing):
         lines = [line for line in err.splitlines() if str(path) in line]
         assert len(lines) == 1, (path, err)
     assert "Traceback" not in err
-    assert sorted(os.listdir(tmp_path / "out")) == ["good_x4.png"], "no half-written outputs"
+    assert sorted(os.listdir(tmp_path / "out")) == ["good_espcn_x4.png"], "no half-written outputs"
 
 
 def test_compare_mode_scores_are_those_of_the_files(tmp_path, capsys):
@@ -204,8 +204,8 @@ def test_compare_mode_scores_are_those_of_the_files(tmp_path, capsys):
     volume = make_volume(tmp_path / "vol.nii.gz", shape=(16, 20, 6)).get_fdata()
     assert run(PRETRAINED, tmp_path / "out", tmp_path / "hr.png", tmp_path / "vol.nii.gz",
                extra=("--compare", "--precision", "float32")) == 0
-    assert os.path.getsize(tmp_path / "out" / "hr_compare.png") > 0
-    assert os.path.getsize(tmp_path / "out" / "vol_compare.png") > 0
+    assert os.path.getsize(tmp_path / "out" / "hr_espcn_compare.png") > 0
+    assert os.path.getsize(tmp_path / "out" / "vol_espcn_compare.png") > 0
     printed = {}
     for line in capsys.readouterr().out.splitlines():
         found = re.search(r"(\w+)\.(?:png|nii\.gz) -> .*model PSNR ([\d.]+) dB SSIM ([\d.]+) \| "
@@ -245,7 +245,7 @@ def test_qform_and_sform_are_each_kept_in_place(tmp_path, model_path):
     image.set_sform(sform, code=4)
     nib.save(image, str(tmp_path / "two.nii"))
     assert run(model_path, tmp_path / "out", tmp_path / "two.nii") == 0
-    result = nib.load(str(tmp_path / "out" / "two_x4.nii.gz"))
+    result = nib.load(str(tmp_path / "out" / "two_espcn_x4.nii.gz"))
     for original, upscaled in ((qform, result.get_qform()), (sform, result.get_sform())):
         assert np.allclose(voxel_edges(upscaled, result.shape), voxel_edges(original, data.shape), atol=1e-4)
 
@@ -256,14 +256,14 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path, model_path, caps
     Image.new("L", (8, 8), 40).save(folder / "a.png")
     Image.new("L", (8, 8), 40).save(folder / "a.jpg")          # same stem: same output name
     Image.new("L", (8, 8), 40).save(folder / "b.png")
-    Image.new("L", (8, 8), 99).save(folder / "b_x4.png")       # an input that is b.png's output name
-    before = (folder / "b_x4.png").read_bytes()
+    Image.new("L", (8, 8), 99).save(folder / "b_espcn_x4.png")  # an input that is b.png's output name
+    before = (folder / "b_espcn_x4.png").read_bytes()
     code = run(model_path, folder, folder)
     err = capsys.readouterr().err
     assert code == 1  # README: the exit code is 1 if any file failed
-    assert (folder / "b_x4.png").read_bytes() == before, "an input was overwritten"
+    assert (folder / "b_espcn_x4.png").read_bytes() == before, "an input was overwritten"
     assert "a.jpg" in err and "b.png" in err
-    assert (folder / "a_x4.png").exists() and (folder / "b_x4_x4.png").exists()
+    assert (folder / "a_espcn_x4.png").exists() and (folder / "b_espcn_x4_espcn_x4.png").exists()
 
 
 def test_comparison_inset_is_the_most_detailed_region_and_avoids_it():

@@ -1,4 +1,5 @@
-"""The committed pretrained model: loads safely, is used by default, and beats bicubic on unseen slices."""
+"""The committed pretrained models: load safely, are used by default (the quality network on the user's files, the
+ESPCN on the test split), and beat bicubic on unseen slices."""
 import json
 import os
 
@@ -7,23 +8,28 @@ from PIL import Image
 
 import constants
 import inference
+import model_files
 from conftest import ROOT, area_downsample, bicubic_upscale, psnr_and_ssim, run_script
 
 
 def test_pretrained_model_is_shipped_and_loads_with_safe_mode():
-    path = os.path.join(ROOT, constants.PRETRAINED_MODEL)
+    path = model_files.shipped_path("espcn")
+    assert path == os.path.join(ROOT, "pretrained", "espcn_x4.keras")
     model = inference.load_model(path)
     assert model.count_params() < 100_000
     assert model(np.zeros((1, 18, 18, 1), np.float32)).shape == (1, 72, 72, 1)  # served as trained: x4
 
 
-def test_predict_falls_back_to_the_pretrained_model_and_says_so(tmp_path):
+def test_predict_falls_back_to_the_pretrained_quality_network_on_the_users_files_and_says_so(tmp_path):
     Image.fromarray(np.tile(np.arange(0, 240, 15, dtype=np.uint8), (16, 1))).save(tmp_path / "lr.png")
     result = run_script("predict.py", "--input", str(tmp_path / "lr.png"), "--output-dir", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "pretrained" in result.stdout and constants.PRETRAINED_MODEL in result.stdout
-    with Image.open(tmp_path / "out" / "lr_x4.png") as out:
+    assert constants.DEFAULT_NETWORK == "quality"
+    assert "pretrained" in result.stdout and model_files.shipped_name("quality") in result.stdout
+    assert "Quality network" in result.stdout and "the default" in result.stdout
+    with Image.open(tmp_path / "out" / "lr_quality_x4.png") as out:
         assert out.size == (64, 64)
+    assert os.listdir(tmp_path / "out") == ["lr_quality_x4.png"]
 
 
 def held_out_slices(data):
@@ -50,12 +56,16 @@ def test_pretrained_model_beats_bicubic_on_the_held_out_template_slab(tmp_path):
     result = run_script("predict.py", "--data-dir", data, "--output-dir", str(tmp_path / "out"),
                         "--precision", "float32")  # float32: the same numbers on every CPU
     assert result.returncode == 0, result.stderr[-2000:]
+    # without --input the seed's job: its network, the ESPCN, not the default for the user's files
+    assert constants.SEED_NETWORK == "espcn"
+    assert "model: ESPCN" in result.stdout and model_files.shipped_name("espcn") in result.stdout, result.stdout
+    assert "Quality network" not in result.stdout and "quality_x4" not in result.stdout, result.stdout
     with open(tmp_path / "out" / "evaluation.json") as f:
         summary = json.load(f)
     originals = held_out_slices(data)
     assert summary["n_images"] == len(originals) >= 20  # the whole split
     low_res = np.stack([area_downsample(original) for original in originals]).astype(np.float32)
-    model = inference.load_model(os.path.join(ROOT, constants.PRETRAINED_MODEL), "float32")
+    model = inference.load_model(model_files.shipped_path("espcn"), "float32")
     outputs = {"bicubic": [bicubic_upscale(plane) for plane in low_res],
                "model": inference.upscale_stack(model, low_res, ensemble=constants.ENSEMBLE_IMAGES)}
     for name, images in outputs.items():
@@ -73,7 +83,7 @@ def test_shipped_quality_network_beats_the_espcn_on_the_held_out_template_slab(t
     import dataset
     import modules
 
-    quality = inference.load_model(os.path.join(ROOT, constants.PRETRAINED_QUALITY), "float32")
+    quality = inference.load_model(model_files.shipped_path("quality"), "float32")
     assert modules.network_of(quality) == "quality" and inference.receptive_radius(quality) == 16
     data = str(tmp_path / "AD_NC")
     dataset.build_sample_dataset(data)
@@ -82,7 +92,7 @@ def test_shipped_quality_network_beats_the_espcn_on_the_held_out_template_slab(t
         result = run_script("predict.py", "--data-dir", data, "--output-dir", str(tmp_path / name), "--model", name,
                             "--precision", "float32")
         assert result.returncode == 0, result.stderr[-2000:]
-        assert f"the shipped {name} network" in result.stdout
+        assert f"the shipped {model_files.label(name)}, --model {name}" in result.stdout, result.stdout
         with open(tmp_path / name / "evaluation.json") as f:
             scores[name] = json.load(f)
     assert scores["quality"]["model_psnr"] >= scores["espcn"]["model_psnr"] + 0.15, scores
@@ -113,7 +123,7 @@ def test_shipped_quality_through_plane_models_beat_the_espcns_on_the_template_sl
             assert predict.main(["--input", path, "--compare", "--through-plane", "--no-adapt", "--axis", "1",
                                  "--through-plane-factor", str(factor), "--model", name, "--precision", "float32",
                                  "--output-dir", str(out)]) == 0
-            with open(out / "slab_through_compare.json") as f:
+            with open(out / f"slab_{name}_through_compare.json") as f:
                 scores[name, factor] = json.load(f)
     for factor in (3, 4):
         espcn, quality = scores["espcn", factor], scores["quality", factor]

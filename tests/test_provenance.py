@@ -20,10 +20,10 @@ def test_an_in_plane_output_names_its_source_and_model(tmp_path):
     source = tmp_path / "t1.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 10, 3)).astype(np.float32),
                              np.diag([1.2, 1.2, 3.0, 1.0])), str(source))
-    assert predict.main(["--input", str(source), "--output-dir", str(tmp_path / "out"),
+    assert predict.main(["--input", str(source), "--output-dir", str(tmp_path / "out"), "--model", "espcn",
                          "--precision", "float32"]) == 0
-    fields = json.load(open(tmp_path / "out" / "t1_x4.json"))
-    model = os.path.join(ROOT, constants.PRETRAINED_MODEL)
+    fields = json.load(open(tmp_path / "out" / "t1_espcn_x4.json"))
+    model = os.path.join(ROOT, "pretrained", "espcn_x4.keras")
     assert fields["Sources"] == [str(source)]
     assert fields["Model"]["File"] == model and fields["Model"]["SHA256"] == sha256(model)
     assert fields["GeneratedBy"] == {"Name": constants.PROJECT_NAME, "Version": constants.VERSION}
@@ -37,9 +37,9 @@ def test_a_through_plane_output_records_its_geometry_and_adaptation(tmp_path):
     nib.save(nib.Nifti1Image(np.random.default_rng(1).random((20, 16, 5)).astype(np.float32),
                              np.diag([1.0, 1.0, 4.0, 1.0])), str(source))
     json.dump({"SliceThickness": 3.0}, open(tmp_path / "thick.json", "w"))
-    assert predict.main(["--input", str(source), "--through-plane", "--adapt-steps", "20",
+    assert predict.main(["--input", str(source), "--through-plane", "--adapt-steps", "20", "--model", "espcn",
                          "--through-plane-seconds", "600", "--output-dir", str(tmp_path / "out")]) == 0
-    fields = json.load(open(tmp_path / "out" / "thick_through_x4.json"))
+    fields = json.load(open(tmp_path / "out" / "thick_espcn_through_x4.json"))
     model = os.path.join(ROOT, "pretrained", "espcn_through_x4.keras")
     assert fields["Model"]["SHA256"] == sha256(model) and "through-plane" in fields["Model"]["Network"]
     assert fields["Factors"] == [1, 1, 4] and fields["VoxelSize"] == [1.0, 1.0, 1.0]

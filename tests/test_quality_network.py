@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import inference
+import model_files
 import modules
 import through_plane
 from conftest import run_script, write_tree
@@ -92,7 +93,9 @@ def test_train_quality_then_predict_with_it_and_refuse_a_missing_shipped_through
                          "--data-dir", data, "--output-dir", str(out), "--epochs", "1", "--batch-size", "2",
                          "--patch-size", "32")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    model = keras.models.load_model(str(out / "espcn.keras"), safe_mode=True, compile=False)
+    # named for its network: no ESPCN's file is written, or replaced
+    assert sorted(name for name in os.listdir(out) if name.endswith(".keras")) == ["quality.keras"]
+    model = keras.models.load_model(str(out / "quality.keras"), safe_mode=True, compile=False)
     assert modules.network_of(model) == "quality" and modules.quality_blocks(model) == 1
 
     volume = tmp_path / "head.nii.gz"
@@ -100,16 +103,16 @@ def test_train_quality_then_predict_with_it_and_refuse_a_missing_shipped_through
                              np.eye(4)), str(volume))
     results = tmp_path / "results"
     done = run_script("predict.py", "--input", str(volume), "--output-dir", str(results),
-                      "--model", str(out / "espcn.keras"))
+                      "--model", str(out / "quality.keras"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert nib.load(str(results / "head_x4.nii.gz")).shape == (48, 40, 3)
-    sidecar = json.loads((results / "head_x4.json").read_text())
+    assert nib.load(str(results / "head_quality_x4.nii.gz")).shape == (48, 40, 3)
+    sidecar = json.loads((results / "head_quality_x4.json").read_text())
     assert "quality network" in json.dumps(sidecar)
 
     refused = run_script("predict.py", "--input", str(volume), "--output-dir", str(results), "--through-plane",
                          "--model", "quality", "--through-plane-factor", "5", "--slice-thickness", "3")
     lines = refused.stderr.strip().splitlines()
-    shipped = os.path.isfile(through_plane.pretrained_path(5, "quality"))
+    shipped = os.path.isfile(model_files.shipped_path("quality", 5))
     if shipped:  # then it is used
         assert refused.returncode == 0, refused.stderr[-3000:]
     else:
@@ -178,7 +181,7 @@ def test_the_quality_network_takes_its_own_through_plane_defaults_unless_flags_s
     for name, flags in runs.items():
         assert predict.main(["--input", str(source), "--through-plane", "--model", model, "--through-plane-seconds",
                              "600", "--output-dir", str(tmp_path / name), *flags]) == 0
-    fields = {name: json.load(open(tmp_path / name / "thick_through_x4.json")) for name in runs}
+    fields = {name: json.load(open(tmp_path / name / "thick_quality_through_x4.json")) for name in runs}
     assert fields["defaults"]["Ensemble"] == constants.QUALITY_THROUGH_PLANE_FLIPS != constants.THROUGH_PLANE_FLIPS
     assert fields["defaults"]["AdaptationSteps"] == constants.QUALITY_ADAPT_STEPS != constants.ADAPT_STEPS
     assert fields["defaults"]["AdaptationKept"] == constants.QUALITY_ADAPT_KEEP != constants.ADAPT_KEEP
@@ -189,17 +192,16 @@ def test_the_quality_network_takes_its_own_through_plane_defaults_unless_flags_s
 def test_quality_through_plane_takes_the_nearest_shipped_factor_for_thick_clinical_slices(tmp_path):
     import constants
     import predict
-    assert all(os.path.isfile(through_plane.pretrained_path(f, "quality"))
-               for f in constants.QUALITY_THROUGH_PLANE_FACTORS)
-    assert not os.path.isfile(through_plane.pretrained_path(5, "quality"))  # else this test needs another ratio
+    assert all(os.path.isfile(model_files.shipped_path("quality", f)) for f in constants.QUALITY_THROUGH_PLANE_FACTORS)
+    assert not os.path.isfile(model_files.shipped_path("quality", 5))  # else this test needs another ratio
     source = tmp_path / "axial_5mm.nii.gz"  # 5 mm slices of 1 mm pixels: the ESPCN's x5
     nib.save(nib.Nifti1Image(np.random.default_rng(3).integers(0, 900, (24, 20, 4)).astype(np.int16),
                              np.diag([1.0, 1.0, 5.0, 1.0])), str(source))
     assert predict.main(["--input", str(source), "--through-plane", "--model", "quality", "--adapt-steps", "2",
                          "--output-dir", str(tmp_path / "out")]) == 0
-    out = nib.load(str(tmp_path / "out" / "axial_5mm_through_x4.nii.gz"))
+    out = nib.load(str(tmp_path / "out" / "axial_5mm_quality_through_x4.nii.gz"))
     assert out.shape == (24, 20, 16) and np.allclose(out.header.get_zooms(), (1.0, 1.0, 1.25))
-    sidecar = json.load(open(tmp_path / "out" / "axial_5mm_through_x4.json"))
+    sidecar = json.load(open(tmp_path / "out" / "axial_5mm_quality_through_x4.json"))
     assert "quality_through_x4.keras" in json.dumps(sidecar)
     # widely spaced slices keep all of adaptation's change
     assert sidecar["AdaptationKept"] == constants.QUALITY_ADAPT_KEEP_WIDE != constants.QUALITY_ADAPT_KEEP

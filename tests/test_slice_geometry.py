@@ -83,11 +83,12 @@ def write_acquisition(folder, name, thickness, spacing, sidecar=True):
 
 def test_a_sidecars_thickness_is_used_named_and_kept_by_the_output(tmp_path, capsys):
     path = write_acquisition(str(tmp_path), "gap", 4, 5)
-    code = predict.main(["--input", path, "--through-plane", "--no-adapt", "--output-dir", str(tmp_path / "out")])
+    code = predict.main(["--input", path, "--through-plane", "--no-adapt", "--model", "espcn",
+                         "--output-dir", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert code == 0
     assert "4 mm thick (gap.json), gap 1 mm" in printed, printed
-    out = nib.load(str(tmp_path / "out" / "gap_through_x5.nii.gz"))
+    out = nib.load(str(tmp_path / "out" / "gap_espcn_through_x5.nii.gz"))
     thick = nib.load(path)
     geometry = slice_geometry.read_geometry(thick.header.get_zooms(), thick.shape, thickness=4.0,
                                             thickness_source="test")
@@ -97,10 +98,10 @@ def test_a_sidecars_thickness_is_used_named_and_kept_by_the_output(tmp_path, cap
         return np.abs(slice_profiles.along_axis(geometry.output_weights("box"), output, 2) - thick.get_fdata()).mean()
 
     assert misfit(out.get_fdata()) < 1e-3 * thick.get_fdata().max()
-    code = predict.main(["--input", path, "--through-plane", "--no-adapt", "--slice-thickness", "5",
+    code = predict.main(["--input", path, "--through-plane", "--no-adapt", "--slice-thickness", "5", "--model", "espcn",
                          "--output-dir", str(tmp_path / "flag")])
     assert code == 0 and "5 mm thick (--slice-thickness)" in capsys.readouterr().out
-    flagged = nib.load(str(tmp_path / "flag" / "gap_through_x5.nii.gz")).get_fdata()
+    flagged = nib.load(str(tmp_path / "flag" / "gap_espcn_through_x5.nii.gz")).get_fdata()
     assert misfit(flagged) > 10 * misfit(out.get_fdata())
 
 
@@ -108,7 +109,8 @@ def test_a_bad_sidecar_is_one_line_naming_it(tmp_path, capsys):
     path = write_acquisition(str(tmp_path), "bad", 4, 5)
     with open(tmp_path / "bad.json", "w") as f:
         json.dump({"SliceThickness": "thick"}, f)
-    code = predict.main(["--input", path, "--through-plane", "--no-adapt", "--output-dir", str(tmp_path / "out")])
+    code = predict.main(["--input", path, "--through-plane", "--no-adapt", "--model", "espcn",
+                         "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code != 0 and len(lines) == 1 and "bad.json" in lines[0] and "SliceThickness" in lines[0]
@@ -120,7 +122,7 @@ def test_a_dicom_series_slice_thickness_is_its_slab(tmp_path, capsys):
     write_files(str(tmp_path / "series"), volume, SliceThickness=2.0)  # positions 2.5 mm apart
     series, _ = dicom_series.find_series(sorted(str(p) for p in (tmp_path / "series").iterdir()))
     assert dicom_series.slice_thickness(series[0]) == 2.0
-    code = predict.main(["--input", str(tmp_path / "series"), "--through-plane", "--no-adapt",
+    code = predict.main(["--input", str(tmp_path / "series"), "--through-plane", "--no-adapt", "--model", "espcn",
                          "--output-dir", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert code == 0 and "2 mm thick (DICOM SliceThickness), gap 0.5 mm" in printed, printed
@@ -132,9 +134,9 @@ def test_fine_zero_filled_pixels_are_not_refused_and_land_on_the_input_extent(tm
     affine = np.diag([0.45, 0.45, 6.0, 1.0])
     nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "fine.nii.gz"))
     code = predict.main(["--input", str(tmp_path / "fine.nii.gz"), "--through-plane", "--no-adapt",
-                         "--output-dir", str(tmp_path / "out")])
+                         "--model", "espcn", "--output-dir", str(tmp_path / "out")])
     assert code == 0
-    out = nib.load(str(tmp_path / "out" / "fine_through_x6.nii.gz"))
+    out = nib.load(str(tmp_path / "out" / "fine_espcn_through_x6.nii.gz"))
     assert out.shape == (40, 36, 36) and np.allclose(out.header.get_zooms(), [0.45, 0.45, 1.0])
     assert np.allclose(out.affine @ [0, 0, -0.5, 1], affine @ [0, 0, -0.5, 1])
 
@@ -146,12 +148,27 @@ def test_two_adapted_runs_give_identical_voxels(tmp_path):
     outputs = []
     for run in ("a", "b"):
         code = predict.main(["--input", path, "--through-plane", "--adapt-steps", "60", "--through-plane-seconds",
-                             "600", "--output-dir", str(tmp_path / run)])
+                             "600", "--model", "espcn", "--output-dir", str(tmp_path / run)])
         assert code == 0
-        outputs.append(np.asanyarray(nib.load(str(tmp_path / run / "repeat_through_x4.nii.gz")).dataobj))
+        outputs.append(np.asanyarray(nib.load(str(tmp_path / run / "repeat_espcn_through_x4.nii.gz")).dataobj))
     assert np.array_equal(outputs[0], outputs[1])
 
 
 def test_batch_size_reaches_through_plane_settings():
     args = predict.parse_args(["--input", "x.nii.gz", "--through-plane", "--batch-size", "5"])
     assert predict.through_plane_settings(args).batch_size == 5
+
+
+def test_in_plane_axes_near_the_working_voxel_keep_their_own_voxels():
+    """0.87 x 1 mm pixels under 2.6 mm slices (x3: w = 0.87) and 0.87 mm pixels under 4 mm ones (x4: w = 1)
+    stay as acquired; zero-filled 0.44 mm pixels under 6 mm slices (w = 1.5 mm, 3.4x coarser) are resampled."""
+    coronal = slice_geometry.read_geometry([0.868, 2.604, 1.0], (288, 96, 181), factor=3)
+    assert coronal.working_shape() == (288, 96, 181)
+    assert np.allclose(coronal.working_zooms(), (0.868, 2.604, 1.0))
+    axial = slice_geometry.read_geometry([0.868, 0.868, 4.0], (288, 288, 45), factor=4)
+    assert axial.working_shape() == (288, 288, 45) and np.isclose(axial.output_spacing(), 1.0)
+    zero_filled = slice_geometry.read_geometry([0.44, 0.44, 6.0], (512, 512, 30), factor=4)
+    assert zero_filled.working_shape() == (150, 150, 30)  # 512 x 0.44 / 1.5
+    assert np.allclose(zero_filled.working_zooms()[:2], 512 * 0.44 / 150)
+    wide = slice_geometry.read_geometry([1.0, 1.0, 5.0], (40, 40, 10), factor=4)  # w = 1.25: outside 1.2x
+    assert wide.working_shape() == (32, 32, 10)

@@ -10,6 +10,7 @@ import pytest
 
 import constants
 import inference
+import model_files
 import modules
 import volumes
 from conftest import run_script, write_tree
@@ -65,14 +66,14 @@ def test_predict_precision_flag_serves_the_model_in_that_precision(tmp_path, cap
 
     image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (20, 24), dtype=np.uint8))
     image.save(tmp_path / "s.png")
-    path = os.path.join(os.path.dirname(__file__), "..", constants.PRETRAINED_MODEL)
+    path = model_files.shipped_path("espcn")
     outputs = {}
     for precision in ("float32", "mixed_bfloat16"):
         out = tmp_path / precision
-        assert predict.main(["--input", str(tmp_path / "s.png"), "--output-dir", str(out),
+        assert predict.main(["--input", str(tmp_path / "s.png"), "--output-dir", str(out), "--model", "espcn",
                              "--precision", precision]) == 0
         assert f"precision: {precision}" in capsys.readouterr().out
-        outputs[precision] = np.asarray(Image.open(out / "s_x4.png")).astype(int)
+        outputs[precision] = np.asarray(Image.open(out / "s_espcn_x4.png")).astype(int)
         served = inference.load_model(path, precision)
         assert {layer.dtype_policy.name for layer in served.layers if layer.name.startswith("conv")} == {precision}
         mine = image_files.super_resolve(served, image, ensemble=constants.ENSEMBLE_IMAGES)[0]

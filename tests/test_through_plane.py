@@ -10,6 +10,7 @@ from PIL import Image
 
 import constants
 import dataset
+import model_files
 import modules
 import predict
 import slice_geometry
@@ -64,9 +65,10 @@ def test_output_lies_on_the_fine_grid_and_beats_cubic_spline(tmp_path, template_
     fine_affine = oblique([1.0, 1.0, 1.0])
     sform = nib.affines.from_matvec(np.diag([-1.0, 1.0, 1.0]), [90.0, -126.0, -72.0])  # differs from the qform
     path = write_pair(str(tmp_path), template_crop, axis, fine_affine, sform)
-    code = predict.main(["--input", path, "--through-plane", "--no-adapt", "--output-dir", str(tmp_path / "out")])
+    code = predict.main(["--input", path, "--through-plane", "--no-adapt", "--model", "espcn",
+                         "--output-dir", str(tmp_path / "out")])
     assert code == 0
-    result = nib.load(str(tmp_path / "out" / f"thick_through_x{FACTOR}.nii.gz"))
+    result = nib.load(str(tmp_path / "out" / f"thick_espcn_through_x{FACTOR}.nii.gz"))
     assert result.shape == template_crop.shape
     assert np.allclose(result.get_qform(), fine_affine, atol=1e-4)
     assert np.allclose(result.get_sform(), sform, atol=1e-4)
@@ -87,9 +89,9 @@ def test_per_volume_adaptation_adapts_and_is_not_worse_than_the_pretrained_model
     for flag in ("--adapt", "--no-adapt"):
         # a step count, not a time, bounds it: the same adaptation on any machine, however loaded
         code = predict.main(["--input", path, "--through-plane", flag, "--through-plane-seconds", "600",
-                             "--adapt-steps", "300", "--output-dir", str(tmp_path / flag)])
+                             "--adapt-steps", "300", "--model", "espcn", "--output-dir", str(tmp_path / flag)])
         assert code == 0
-        result = nib.load(str(tmp_path / flag / f"thick_through_x{FACTOR}.nii.gz"))
+        result = nib.load(str(tmp_path / flag / f"thick_espcn_through_x{FACTOR}.nii.gz"))
         assert result.get_data_dtype() == np.int16 and result.shape == template_crop.shape
         outputs[flag] = result.get_fdata()
         printed[flag] = capsys.readouterr().out
@@ -105,9 +107,9 @@ def test_a_4d_series_is_refined_volume_by_volume(tmp_path):
     data[..., 1] *= 2.0
     nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 4.0, 1.0])), str(tmp_path / "series.nii"))
     code = predict.main(["--input", str(tmp_path / "series.nii"), "--through-plane", "--no-adapt",
-                         "--output-dir", str(tmp_path)])
+                         "--model", "espcn", "--output-dir", str(tmp_path)])
     assert code == 0
-    result = nib.load(str(tmp_path / "series_through_x4.nii.gz"))
+    result = nib.load(str(tmp_path / "series_espcn_through_x4.nii.gz"))
     assert result.shape == (12, 10, 20, 2)
     out = result.get_fdata()
     # each volume keeps its own thick slices (data consistency), so the second is about twice the first
@@ -125,10 +127,11 @@ def test_bad_inputs_get_one_line_each_and_the_rest_still_run(tmp_path, capsys):
     picture = tmp_path / "picture.png"
     Image.new("L", (16, 16), 80).save(picture)
     code = predict.main(["--input", str(isotropic), str(one_slice), str(picture), str(good), "--through-plane",
-                         "--no-adapt", "--output-dir", str(tmp_path / "out")])
+                         "--no-adapt", "--model", "espcn", "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code != 0
-    assert sorted(os.listdir(tmp_path / "out")) == ["good_through_x4.json", "good_through_x4.nii.gz"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["good_espcn_through_x4.json", "good_espcn_through_x4.nii.gz",
+                                                    "good_espcn_through_x4_planes.png"]
     for path, words in ((isotropic, "nearly isotropic"), (one_slice, "2D image"), (picture, "2D image")):
         lines = [line for line in err.splitlines() if str(path) in line]
         assert len(lines) == 1 and words in lines[0], (path, err)
@@ -139,9 +142,9 @@ def test_an_explicit_factor_refines_a_nearly_isotropic_volume(tmp_path):
     nib.save(nib.Nifti1Image(np.random.default_rng(2).random((10, 8, 6)).astype(np.float32),
                              np.diag([1.0, 1.0, 1.2, 1.0])), str(tmp_path / "iso.nii.gz"))
     code = predict.main(["--input", str(tmp_path / "iso.nii.gz"), "--through-plane", "--through-plane-factor", "2",
-                         "--no-adapt", "--output-dir", str(tmp_path)])
+                         "--no-adapt", "--model", "espcn", "--output-dir", str(tmp_path)])
     assert code == 0
-    result = nib.load(str(tmp_path / "iso_through_x2.nii.gz"))
+    result = nib.load(str(tmp_path / "iso_espcn_through_x2.nii.gz"))
     assert result.shape == (10, 8, 12) and np.allclose(result.header.get_zooms(), [1.0, 1.0, 0.6])
 
 
@@ -157,11 +160,11 @@ def test_bad_through_plane_flags_are_one_line(tmp_path, flags, capsys):
 def test_compare_writes_scores_and_a_figure(tmp_path, template_crop):
     path = tmp_path / "fine.nii.gz"
     nib.save(nib.Nifti1Image(template_crop.astype(np.float32), np.eye(4)), str(path))
-    code = predict.main(["--input", str(path), "--through-plane", "--compare", "--no-adapt",
+    code = predict.main(["--input", str(path), "--through-plane", "--compare", "--no-adapt", "--model", "espcn",
                          "--output-dir", str(tmp_path)])
     assert code == 0
-    assert os.path.getsize(tmp_path / "fine_through_compare.png") > 0
-    with open(tmp_path / "fine_through_compare.json") as f:
+    assert os.path.getsize(tmp_path / "fine_espcn_through_compare.png") > 0
+    with open(tmp_path / "fine_espcn_through_compare.json") as f:
         scores = json.load(f)
     assert scores["slice_axis"] == 2 and scores["factor"] == FACTOR
     assert scores["model_psnr"] > scores["cubic_spline_psnr"]
@@ -242,7 +245,7 @@ def test_a_model_file_of_one_factor_refines_any_slice_spacing_at_its_own_factor(
                              np.diag([1.0, 1.0, 5.0, 1.0])), str(source))
     assert predict.main(["--input", str(source), "--through-plane", "--model", model, "--no-adapt",
                          "--output-dir", str(tmp_path / "out")]) == 0
-    out = nib.load(str(tmp_path / "out" / "axial_5mm_through_x3.nii.gz"))
+    out = nib.load(str(tmp_path / "out" / "axial_5mm_espcn_through_x3.nii.gz"))  # the file's network
     assert out.shape == (20, 16, 12) and np.allclose(out.header.get_zooms(), (1.0, 1.0, 5.0 / 3.0))
     capsys.readouterr()
     assert predict.main(["--input", str(source), "--through-plane", "--model", model, "--no-adapt",
@@ -252,8 +255,8 @@ def test_a_model_file_of_one_factor_refines_any_slice_spacing_at_its_own_factor(
     nib.save(nib.Nifti1Image(np.random.default_rng(6).random((18, 16, 15)).astype(np.float32), np.eye(4)), str(fine))
     assert predict.main(["--input", str(fine), "--through-plane", "--compare", "--model", model, "--no-adapt",
                          "--output-dir", str(tmp_path / "compare")]) == 0
-    assert json.load(open(tmp_path / "compare" / "fine_through_compare.json"))["factor"] == 3
-    in_plane = os.path.join(os.path.dirname(__file__), "..", constants.PRETRAINED_MODEL)
+    assert json.load(open(tmp_path / "compare" / "fine_espcn_through_compare.json"))["factor"] == 3
+    in_plane = model_files.shipped_path("espcn")
     capsys.readouterr()
     assert predict.main(["--input", str(source), "--through-plane", "--model", in_plane,
                          "--output-dir", str(tmp_path / "in_plane")]) != 0
@@ -266,7 +269,8 @@ def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):
     result = run_script("train.py", "--data-dir", tiny_tree, "--output-dir", str(out), "--through-plane-factor", "3",
                         "--epochs", "1", "--batch-size", "2", "--patch-size", "32", "--precision", "float32")
     assert result.returncode == 0, result.stderr[-3000:]
-    model = through_plane.load_model_1d(str(out / "espcn.keras"), 3)
+    assert sorted(name for name in os.listdir(out) if name.endswith(".keras")) == ["espcn_through_x3.keras"]
+    model = through_plane.load_model_1d(str(out / "espcn_through_x3.keras"), 3)
     assert model(np.zeros((1, 4, 9, 1), np.float32)).shape == (1, 12, 9, 1)
 
 
@@ -276,7 +280,7 @@ def test_train_py_fine_tunes_from_an_init_model_and_refuses_another_kind(tmp_pat
               "--patch-size", "32", "--precision", "float32", "--learning-rate", "1e-9", "--lr-schedule", "constant"]
     result = run_script("train.py", *common, "--output-dir", str(tmp_path / "a"), "--init-model", start)
     assert result.returncode == 0, result.stderr[-3000:]
-    tuned = through_plane.load_model_1d(str(tmp_path / "a" / "espcn.keras"), 3)
+    tuned = through_plane.load_model_1d(str(tmp_path / "a" / "espcn_through_x3.keras"), 3)
     original = through_plane.load_model_1d(start, 3)
     for got, want in zip(tuned.get_weights(), original.get_weights()):  # a rate of 1e-9 leaves the start as it was
         np.testing.assert_allclose(got, want, atol=1e-5)

@@ -29,6 +29,7 @@ Not a test: it runs predict.py once (about 20 s) and prints one line per
 slice, the means of each group and of all, and writes them as JSON.
 """
 import argparse
+import glob
 import gzip
 import json
 import os
@@ -178,7 +179,7 @@ def score(model, work_dir, extra_real=(), precision=None):
     rows = []
     for name, original in originals.items():
         low_res = np.asarray(Image.open(os.path.join(work_dir, f"{name}.png")))
-        output = np.asarray(Image.open(os.path.join(out_dir, f"{name}_x4.png")))
+        output = np.asarray(Image.open(glob.glob(os.path.join(out_dir, f"{name}_*x4.png"))[0]))  # <name>_<network>_x4
         model_psnr, bicubic_psnr = psnr_8bit(output, original), psnr_8bit(bicubic_8bit(low_res), original)
         rows.append({"name": name, "model_psnr": model_psnr, "bicubic_psnr": bicubic_psnr,
                      "gain": model_psnr - bicubic_psnr})

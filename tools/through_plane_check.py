@@ -17,8 +17,8 @@ other voxel size), which is wrong for a volume whose fine grid is not isotropic 
 made 4 mm thick infers x5, not x4).  Such a volume gets its own call with --through-plane-factor F (and
 --axis K if the axis is also mis-inferred); the JSON records it and the head's time sums its calls.  With
 --model-dir, predict.py's --model names one model for one factor (through_plane.ModelSource), so each
-factor gets its own call with --model DIR/espcn_through_x<F>.keras (or DIR/through_x<F>/espcn.keras, the
-folder train.py --output-dir output/through_x<F> writes).
+factor gets its own call with --model DIR/<network>_through_x<F>.keras (or DIR/through_x<F>/ holding it,
+the folder train.py --output-dir output/through_x<F> writes; espcn.keras there from older versions).
 
 Extra predict.py flags go after `--` or in --predict-args="..." (with "=" so argparse takes a leading dash):
   python tools/through_plane_check.py --heads ds002748_sub-10 mne_sample_ecog_T1 -- --no-adapt
@@ -26,6 +26,7 @@ Extra predict.py flags go after `--` or in --predict-args="..." (with "=" so arg
 Not a test: with adaptation on, each volume takes up to --through-plane-seconds (65 s by default).
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -50,6 +51,9 @@ def cpu_name():
 
 def model_for(model_dir, factor):
     for path in (os.path.join(model_dir, f"espcn_through_x{factor}.keras"),
+                 os.path.join(model_dir, f"quality_through_x{factor}.keras"),
+                 os.path.join(model_dir, f"through_x{factor}", f"espcn_through_x{factor}.keras"),
+                 os.path.join(model_dir, f"through_x{factor}", f"quality_through_x{factor}.keras"),
                  os.path.join(model_dir, f"through_x{factor}", "espcn.keras")):
         if os.path.isfile(path):
             return os.path.abspath(path)
@@ -132,13 +136,14 @@ def check_head(name, volumes, args, extra):
     record = {"head": name, "calls": [], "volumes": []}
     for index, (flags, group) in enumerate(plan_calls(volumes, args.tree, args.model_dir)):
         paths = [os.path.abspath(os.path.join(args.tree, v["thick"])) for v in group]
-        outputs = [os.path.join(out_dir, os.path.basename(p)[:-len(".nii.gz")] + f"_through_x{v['factor']}.nii.gz")
-                   for p, v in zip(paths, group)]
-        for stale in outputs:
-            if os.path.exists(stale):
-                os.remove(stale)
+        # predict.py names the network that ran: <stem>_<network>_through_x<F>.nii.gz
+        patterns = [os.path.join(out_dir, os.path.basename(p)[:-len(".nii.gz")] + f"_*through_x{v['factor']}.nii.gz")
+                    for p, v in zip(paths, group)]
+        for stale in (path for pattern in patterns for path in glob.glob(pattern)):
+            os.remove(stale)
         seconds, status, notes, load, command = run_call(paths, list(flags), extra, out_dir,
                                                           os.path.join(out_dir, f"predict_{index}.log"))
+        outputs = [(glob.glob(pattern) or [pattern])[0] for pattern in patterns]
         record["calls"].append({"command": command, "seconds": round(seconds, 1), "exit_status": status,
                                 "load_average_before_after": [[round(x, 2) for x in a] for a in load]})
         for path, out_path, v in zip(paths, outputs, group):
