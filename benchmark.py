@@ -44,14 +44,14 @@ import time
 import nibabel as nib
 import numpy as np
 
+from common.cli import OneLineErrorParser, positive_int
+from common import model_files
+from common.tensorflow_env import keras, tf
 import constants
 import dataset
 import inference
-import model_files
 import modules
-import volumes
-from cli import OneLineErrorParser, positive_int
-from tensorflow_env import keras, tf
+from scans import volumes
 
 
 def parse_args(argv=None):

@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from common.atomic_files import write_folder_atomically
+from common import slice_profiles
+from common.tensorflow_env import tf
 import constants
-import slice_profiles
-from atomic_files import write_folder_atomically
-from tensorflow_env import tf
 
 
 @dataclass

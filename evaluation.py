@@ -6,12 +6,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
+from common.atomic_files import write_atomically, write_json
 import constants
 import dataset
 import inference
 import modules
-import volumes
-from atomic_files import write_atomically, write_json
+from scans import volumes
 
 
 def scores(prediction, target):

@@ -48,9 +48,9 @@ import zipfile
 
 import numpy as np
 
+from common.tensorflow_env import keras, tf
 import constants
 import modules
-from tensorflow_env import keras, tf
 
 
 # --- Loading -----------------------------------------------------------------

@@ -23,8 +23,8 @@ QUALITY_BLOCKS; both kinds go through the same inference path.
 """
 import os
 
+from common.tensorflow_env import keras, tf
 import constants
-from tensorflow_env import keras, tf
 
 
 @keras.saving.register_keras_serializable(package="espcn")

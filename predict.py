@@ -36,23 +36,23 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-import bids_derivatives
+from common.atomic_files import remove_dead_partials, write_atomically
+from common import model_files
+from common.cli import (OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size, unit_share,
+                        upscale_factor)
 import constants
 import dataset
-import dicom_series
 import evaluation
-import image_files
 import inference
-import model_files
 import modules
-import provenance
-import slice_geometry
-import through_plane
-import volume_figures
-import volumes
-from atomic_files import remove_dead_partials, write_atomically
-from cli import (OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size, unit_share,
-                 upscale_factor)
+from scans import bids_derivatives
+from scans import dicom_series
+from scans import image_files
+from scans import provenance
+from scans import volume_figures
+from scans import volumes
+from through_plane import refine
+from through_plane import slice_geometry
 
 
 # --- Command line ------------------------------------------------------------
@@ -434,17 +434,17 @@ def refine_through_plane(source, item, args, guard):
             factor = args.through_plane_factor or compare_factor(source.factors())
             name = f"{stem_of(item)}_{source.network_for(factor)}_through_compare.png"
             out_path = guard.claim(item, os.path.join(args.output_dir, name))
-            r = through_plane.compare_on_volume(source, item, out_path, args.axis, factor, settings, progress)
+            r = refine.compare_on_volume(source, item, out_path, args.axis, factor, settings, progress)
             return Result(out_path, f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic "
                                     f"spline PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}")
         notes = []
         image, data = read_volume(item, notes)
-        through_plane.check_volume_shape(data.shape)
+        refine.check_volume_shape(data.shape)
         geometry = slice_geometry_of(item, image, data, args,
                                      None if args.through_plane_factor else source.factors())
         tag = through_plane_tag(geometry)
         outputs = claim_outputs(item, f"{source.network_for(geometry.factor)}_{tag}", args, guard)
-        out, prepared, n_nan, n_inf = through_plane.super_resolve_through_plane(source, image, data, geometry,
+        out, prepared, n_nan, n_inf = refine.super_resolve_through_plane(source, image, data, geometry,
                                                                                 settings, progress)
     model_path = source.path_for(geometry.factor)
     model_file = os.path.basename(model_path)
@@ -506,7 +506,7 @@ def through_plane_tag(geometry):
 
 
 def through_plane_settings(args):
-    return through_plane.Settings(args.adapt, args.through_plane_seconds, args.slice_profile,
+    return refine.Settings(args.adapt, args.through_plane_seconds, args.slice_profile,
                                   args.ensemble, edges=args.edges,
                                   steps=args.adapt_steps, learning_rate=args.adapt_learning_rate,
                                   batch_size=args.batch_size, keep=args.adapt_keep)
@@ -609,8 +609,8 @@ def main(argv=None):
         remove_dead_partials(args.output_dir)  # what a killed run left (a DICOM series: patient data)
         if args.bids:
             args.input = bids_inputs(args)
-        if args.through_plane:  # its models depend on each volume's factor: through_plane.ModelSource
-            source = through_plane.ModelSource(args.model, args.precision)
+        if args.through_plane:  # its models depend on each volume's factor: refine.ModelSource
+            source = refine.ModelSource(args.model, args.precision)
             print(f"model: {source.describe()}, precision: {modules.choose_precision(args.precision)}")
             return run_on_inputs(through_plane_handler(source, args), args)
         default = constants.DEFAULT_NETWORK if args.input else constants.SEED_NETWORK

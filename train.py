@@ -23,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from stopping import StopRequest, TrainingStopped
+from training.stopping import StopRequest, TrainingStopped
 
 # Stops are handled from a run's first moment, before the imports below, which
 # take seconds (TensorFlow): a SIGTERM or Ctrl-C during them is as clean as any other.
@@ -34,17 +34,17 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-import backups  # noqa: E402
+from common.atomic_files import write_atomically  # noqa: E402
+from common import model_files  # noqa: E402
+from common.cli import (OneLineErrorParser, check_output_dir, filter_counts, positive_float, positive_int,  # noqa: E402
+                        target_size, upscale_factor)
 import constants  # noqa: E402
 import dataset  # noqa: E402
-import model_files  # noqa: E402
 import modules  # noqa: E402
-import training_logs  # noqa: E402
-from backups import TrainingState  # noqa: E402
-from atomic_files import write_atomically  # noqa: E402
-from cli import (OneLineErrorParser, check_output_dir, filter_counts, positive_float, positive_int,  # noqa: E402
-                 target_size, upscale_factor)
-from tensorflow_env import keras, tf  # noqa: E402
+from training import backups  # noqa: E402
+from training.backups import TrainingState  # noqa: E402
+from training import training_logs  # noqa: E402
+from common.tensorflow_env import keras, tf  # noqa: E402
 
 
 # --- Command line ------------------------------------------------------------

@@ -9,7 +9,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules, for in-process tests
-from toy_runs import brain_like, history_epochs, write_tree  # noqa: E402,F401  (the tests' tiny trees)
+from training.toy_runs import brain_like, history_epochs, write_tree  # noqa: E402,F401  (the tests' tiny trees)
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def bicubic_upscale(plane, factor=4):
 def psnr_and_ssim(output, original):
     """PSNR as 10 log10(1 / MSE) (capped at constants.PSNR_CAP_DB) and SSIM as tf.image.ssim, of [0, 1] planes."""
     import constants
-    from tensorflow_env import tf
+    from common.tensorflow_env import tf
 
     mse = np.mean((np.asarray(output, np.float64) - original) ** 2)
     psnr = min(10 * np.log10(1 / mse), constants.PSNR_CAP_DB) if mse > 0 else constants.PSNR_CAP_DB

@@ -4,11 +4,11 @@ import os
 import numpy as np
 import pytest
 
-import atomic_files
-import backups
+from common import atomic_files
+from common.tensorflow_env import keras
 import modules
 import train
-from tensorflow_env import keras
+from training import backups
 
 SETTINGS = {"--seed": 1337, "--epochs": 5}
 

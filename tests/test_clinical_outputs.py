@@ -14,10 +14,10 @@ import numpy as np
 import pydicom
 import pytest
 
-import atomic_files
-import dicom_series
+from common import atomic_files
 import predict
-import volumes
+from scans import dicom_series
+from scans import volumes
 from test_dicom import a_volume, write_files
 from test_dicom_predict import read_back, smooth_head
 
@@ -121,7 +121,7 @@ def test_a_killed_writer_leaves_no_partial_folder_after_the_next_run(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys, time
         sys.path.insert(0, {ROOT!r})
-        import atomic_files
+        from common import atomic_files
         def write(folder):
             open(os.path.join(folder, "00001.dcm"), "wb").write(b"patient data")
             print("writing", flush=True)

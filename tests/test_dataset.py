@@ -6,7 +6,7 @@ from PIL import Image
 
 import dataset
 from conftest import write_tree
-from tensorflow_env import tf
+from common.tensorflow_env import tf
 
 
 def test_adni_slice_is_padded_at_the_bottom_to_256_square(tmp_path):

@@ -12,12 +12,12 @@ import pydicom
 import pytest
 from PIL import Image
 
-import backups
+from common import model_files
 import constants
-import model_files
 import predict
-import through_plane
+from through_plane import refine
 import train
+from training import backups
 from conftest import ROOT
 from test_backups import new_state
 from test_dicom import write_files
@@ -194,7 +194,7 @@ def test_bids_outputs_name_the_network_and_each_network_adds_its_generated_by(tm
 
 
 def test_method_label_is_the_tag_in_letters_and_digits():
-    import bids_derivatives
+    from scans import bids_derivatives
 
     assert bids_derivatives.method_label("quality_x4") == "qualityx4"
     assert bids_derivatives.method_label("espcn_through_x5") == "espcnthroughx5"
@@ -222,8 +222,8 @@ def test_a_dicom_output_series_names_its_network(tmp_path, flags, network, label
 
 
 def test_a_series_written_without_a_network_has_no_equipment_model_name(tmp_path):
-    import dicom_series
-    import volumes
+    from scans import dicom_series
+    from scans import volumes
 
     write_files(str(tmp_path / "in"), smooth_head((12, 10, 3)), ManufacturerModelName="Skyra")
     series = dicom_series.find_series(sorted(str(p) for p in (tmp_path / "in").iterdir()))[0][0]
@@ -272,7 +272,7 @@ def test_through_plane_by_default_takes_the_quality_networks_nearest_factor_or_t
 
 
 def test_model_source_networks_per_factor():
-    default, quality, espcn = (through_plane.ModelSource(model) for model in (None, "quality", "espcn"))
+    default, quality, espcn = (refine.ModelSource(model) for model in (None, "quality", "espcn"))
     assert default.describe() == "Quality network through-plane (shipped, the default)"
     assert quality.describe() == "Quality network through-plane (shipped, --model quality)"
     assert espcn.describe() == "ESPCN through-plane (shipped, --model espcn)"

@@ -13,8 +13,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
-import dicom_series
-import volumes
+from scans import dicom_series
+from scans import volumes
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 OBLIQUE = (0.8660254037844387, 0.5, 0.0, 0.0, 0.0, -1.0)  # rows turned 30 degrees in x-y, columns down z

@@ -4,9 +4,9 @@ import os
 import numpy as np
 import pytest
 
-import dicom_series
 import predict
-import volumes
+from scans import dicom_series
+from scans import volumes
 from test_dicom import PERSONAL, write_files
 
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.tensorflow_env import keras
 import constants
 import inference
 import modules
 import predict
-from tensorflow_env import keras
 
 
 @pytest.fixture(scope="module")

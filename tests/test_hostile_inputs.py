@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import atomic_files
+from common import atomic_files
 import constants
 import inference
 import modules
 from conftest import run_script
-from tensorflow_env import keras, tf
+from common.tensorflow_env import keras, tf
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +306,7 @@ def test_receptive_radius_of_the_seed_model():
 
 
 def test_colour_bands_join_into_the_whole_image_result(monkeypatch):
-    import image_files
+    from scans import image_files
 
     keras.utils.set_random_seed(8)
     model = modules.get_model(4)

@@ -11,7 +11,7 @@ import inference
 import modules
 import predict
 from conftest import ROOT, area_downsample, bicubic_upscale, psnr_and_ssim
-from tensorflow_env import keras
+from common.tensorflow_env import keras
 
 PRETRAINED = os.path.join(ROOT, "pretrained", "espcn_x4.keras")
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from common.tensorflow_env import keras, tf
 import constants
 import modules
-from tensorflow_env import keras, tf
 
 
 @pytest.fixture(autouse=True)

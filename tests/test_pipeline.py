@@ -13,7 +13,7 @@ import modules
 import predict
 import train
 from conftest import ROOT, run_script, write_tree
-from tensorflow_env import keras
+from common.tensorflow_env import keras
 
 
 @pytest.fixture(autouse=True)

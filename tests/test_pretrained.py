@@ -6,9 +6,9 @@ import os
 import numpy as np
 from PIL import Image
 
+from common import model_files
 import constants
 import inference
-import model_files
 from conftest import ROOT, area_downsample, bicubic_upscale, psnr_and_ssim, run_script
 
 

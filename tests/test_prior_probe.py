@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import area_downsample
-from tensorflow_env import keras
+from common.tensorflow_env import keras
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 

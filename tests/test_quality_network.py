@@ -6,12 +6,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from common import model_files
 import inference
-import model_files
 import modules
-import through_plane
+from through_plane import refine
 from conftest import run_script, write_tree
-from tensorflow_env import keras
+from common.tensorflow_env import keras
 
 
 def small_quality(factor=4, one_d=False, blocks=2, dtype="float32"):
@@ -77,9 +77,9 @@ def test_adaptation_trains_a_copy_of_a_quality_start_model():
     keras.utils.set_random_seed(8)
     start = small_quality(3, one_d=True)
     planes = np.random.default_rng(9).random((6, 30, 30)).astype(np.float32)
-    settings = through_plane.Settings(seconds=60)
+    settings = refine.Settings(seconds=60)
     before = [w.copy() for w in start.get_weights()]
-    model, done, _ = through_plane.adapt(start, planes, 3, 1.0, steps=5, deadline=float("inf"), settings=settings,
+    model, done, _ = refine.adapt(start, planes, 3, 1.0, steps=5, deadline=float("inf"), settings=settings,
                                         precision="float32")
     assert done == 5 and modules.network_of(model) == "quality" and model is not start
     assert all(np.array_equal(a, b) for a, b in zip(start.get_weights(), before))  # the cached start is untouched

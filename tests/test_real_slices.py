@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import volumes
+from scans import volumes
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 

@@ -7,11 +7,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from common import slice_profiles
 import dataset
-import dicom_series
 import predict
-import slice_geometry
-import slice_profiles
+from scans import dicom_series
+from through_plane import slice_geometry
 from test_dicom import a_volume, write_files
 
 
@@ -51,7 +51,7 @@ def test_a_symmetric_profile_gives_a_ramp_its_centre_value(profile):
 def test_the_output_grid_keeps_the_extent_for_a_ratio_that_is_not_whole():
     geometry = slice_geometry.read_geometry([0.8, 0.8, 3.0], (20, 16, 12), target=0.8)
     assert geometry.factor == 4 and geometry.output_slices() == 45  # 36 mm in slices as near 0.8 mm as fit
-    from volumes import resampled_affine
+    from scans.volumes import resampled_affine
     affine = np.diag([0.8, 0.8, 3.0, 1.0])
     out = resampled_affine(affine, geometry.output_factors())
     for edge_in, edge_out in ((-0.5, -0.5), (11.5, 44.5)):  # the first and last slice boundaries coincide

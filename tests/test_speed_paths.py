@@ -8,13 +8,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from common import model_files
 import constants
 import inference
-import model_files
 import modules
-import volumes
+from scans import volumes
 from conftest import run_script, write_tree
-from tensorflow_env import keras
+from common.tensorflow_env import keras
 
 
 def test_benchmark_runs_and_prints_its_json(tmp_path):
@@ -60,7 +60,7 @@ def test_fast_training_paths_train_and_save_a_float32_output_model(tmp_path, fla
 
 
 def test_predict_precision_flag_serves_the_model_in_that_precision(tmp_path, capsys):
-    import image_files
+    from scans import image_files
     import predict
     from PIL import Image
 

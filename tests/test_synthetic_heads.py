@@ -4,8 +4,8 @@ import numpy as np
 from PIL import Image
 
 import dataset
-import synthetic_heads
 import train
+from training import synthetic_heads
 from conftest import run_script, write_tree
 
 
@@ -43,7 +43,7 @@ def test_degraded_plane_is_a_noisy_square_in_unit_range_and_seeded():
 
 
 def test_cli_writes_8_bit_slices(tmp_path):
-    result = run_script("synthetic_heads.py", "--output-dir", str(tmp_path / "syn"), "--variants", "1",
+    result = run_script("-m", "training.synthetic_heads", "--output-dir", str(tmp_path / "syn"), "--variants", "1",
                         "--step", "60")
     assert result.returncode == 0, result.stderr
     names = sorted(os.listdir(tmp_path / "syn"))

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common import model_files
+from common import slice_profiles
 import constants
 import dataset
-import model_files
 import modules
 import predict
-import slice_geometry
-import slice_profiles
-import through_plane
+from through_plane import refine
+from through_plane import slice_geometry
 from conftest import run_script
 
 FACTOR = 4
@@ -75,7 +75,7 @@ def test_output_lies_on_the_fine_grid_and_beats_cubic_spline(tmp_path, template_
     assert int(result.header["qform_code"]) == 1 and int(result.header["sform_code"]) == 2
     assert np.allclose(result.header.get_zooms(), [1.0, 1.0, 1.0], atol=1e-5)
     thick = nib.load(path).get_fdata()
-    spline = through_plane.cubic_spline(thick, axis, thick.shape[axis] * FACTOR)
+    spline = refine.cubic_spline(thick, axis, thick.shape[axis] * FACTOR)
     model_psnr, spline_psnr = psnr(result.get_fdata(), template_crop), psnr(spline, template_crop)
     assert model_psnr > spline_psnr + 1.0, (model_psnr, spline_psnr)
 
@@ -177,7 +177,7 @@ def test_depth_to_space_1d_model_saves_and_loads_with_safe_mode(tmp_path):
     x = np.random.default_rng(3).random((2, 5, 7, 1)).astype(np.float32)
     path = str(tmp_path / "m.keras")
     model.save(path)
-    loaded = through_plane.load_model_1d(path, 3)
+    loaded = refine.load_model_1d(path, 3)
     assert loaded(x).shape == (2, 15, 7, 1)
     assert np.allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
 
@@ -194,14 +194,14 @@ def test_consistency_gives_back_the_thick_slices_exactly(profile):
     thick = rng.random((6, 5, 7)).astype(np.float32)
     guess = rng.random((6, 5, 21)).astype(np.float32)
     weights = slice_profiles.regular_weights(7, 3, 0.8, profile)  # with a gap
-    consistent = through_plane.make_consistent(guess, thick, 2, weights)
+    consistent = refine.make_consistent(guess, thick, 2, weights)
     assert np.allclose(slice_profiles.along_axis(weights, consistent, 2), thick, atol=1e-5)
 
 
 def test_cubic_spline_passes_through_the_thick_slices_on_the_fine_grid():
     """With F = 3, fine voxel 3j + 1 is centred at thick coordinate (3j + 1.5) / 3 - 0.5 = j exactly."""
     thick = np.random.default_rng(5).random((3, 4, 6)).astype(np.float32)
-    fine = through_plane.cubic_spline(thick, 2, 18)
+    fine = refine.cubic_spline(thick, 2, 18)
     assert fine.shape == (3, 4, 18) and np.allclose(fine[..., 1::3], thick, atol=1e-4)
 
 
@@ -270,7 +270,7 @@ def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):
                         "--epochs", "1", "--batch-size", "2", "--patch-size", "32", "--precision", "float32")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(name for name in os.listdir(out) if name.endswith(".keras")) == ["espcn_through_x3.keras"]
-    model = through_plane.load_model_1d(str(out / "espcn_through_x3.keras"), 3)
+    model = refine.load_model_1d(str(out / "espcn_through_x3.keras"), 3)
     assert model(np.zeros((1, 4, 9, 1), np.float32)).shape == (1, 12, 9, 1)
 
 
@@ -280,8 +280,8 @@ def test_train_py_fine_tunes_from_an_init_model_and_refuses_another_kind(tmp_pat
               "--patch-size", "32", "--precision", "float32", "--learning-rate", "1e-9", "--lr-schedule", "constant"]
     result = run_script("train.py", *common, "--output-dir", str(tmp_path / "a"), "--init-model", start)
     assert result.returncode == 0, result.stderr[-3000:]
-    tuned = through_plane.load_model_1d(str(tmp_path / "a" / "espcn_through_x3.keras"), 3)
-    original = through_plane.load_model_1d(start, 3)
+    tuned = refine.load_model_1d(str(tmp_path / "a" / "espcn_through_x3.keras"), 3)
+    original = refine.load_model_1d(start, 3)
     for got, want in zip(tuned.get_weights(), original.get_weights()):  # a rate of 1e-9 leaves the start as it was
         np.testing.assert_allclose(got, want, atol=1e-5)
     wrong = os.path.join(os.path.dirname(__file__), "..", "pretrained", "espcn_through_x4.keras")
@@ -296,24 +296,24 @@ def test_adaptation_steps_fall_with_the_volume_down_to_their_floor_share():
     constants.ADAPT_MIN_SHARE of them (the ESPCN's 500 go down to 200, the quality network's 100 to 40)."""
     full, floor = constants.ADAPT_FULL_VOXELS, constants.ADAPT_MIN_SHARE
     for network, steps in (("espcn", constants.ADAPT_STEPS), ("quality", constants.QUALITY_ADAPT_STEPS)):
-        settings = through_plane.Settings().for_network(network)
-        assert [through_plane.adaptation_steps(v, settings) for v in (full // 2, full, 2 * full, 10 * full)] == \
+        settings = refine.Settings().for_network(network)
+        assert [refine.adaptation_steps(v, settings) for v in (full // 2, full, 2 * full, 10 * full)] == \
             [steps, steps, round(steps / 2), round(steps * floor)], network
-    assert through_plane.adaptation_steps(10 * full, through_plane.Settings(steps=1)) == 1
+    assert refine.adaptation_steps(10 * full, refine.Settings(steps=1)) == 1
 
 
 def test_the_quality_network_keeps_all_of_adaptation_on_widely_spaced_slices():
     """A quarter of the change up to a spacing / pixel ratio of 5 (issue 21's x4 volumes: 4.61), the whole change
     from 5 (clinical 5-6 mm slices); --adapt-keep and the ESPCN unchanged."""
     assert constants.QUALITY_WIDE_RATIO == 5.0  # the ratios below are chosen around it
-    kept = {ratio: through_plane.Settings().for_network("quality", ratio).keep
+    kept = {ratio: refine.Settings().for_network("quality", ratio).keep
             for ratio in (None, 2.0, 3.46, 4.0, 4.61, 4.99, 5.0, 13.8)}
     quarter, whole = constants.QUALITY_ADAPT_KEEP, constants.QUALITY_ADAPT_KEEP_WIDE
     assert quarter != whole
     assert kept == {None: quarter, 2.0: quarter, 3.46: quarter, 4.0: quarter, 4.61: quarter, 4.99: quarter,
                     5.0: whole, 13.8: whole}
-    assert through_plane.Settings(keep=0.5).for_network("quality", 5.0).keep == 0.5
-    assert through_plane.Settings().for_network("espcn", 2.0).keep == constants.ADAPT_KEEP
+    assert refine.Settings(keep=0.5).for_network("quality", 5.0).keep == 0.5
+    assert refine.Settings().for_network("espcn", 2.0).keep == constants.ADAPT_KEEP
     geometry = slice_geometry.read_geometry([0.434, 0.434, 6.0], (10, 10, 10), shipped=(3, 4))
     assert np.isclose(geometry.ratio, 6.0 / 0.434) and geometry.factor == 4
 
@@ -324,8 +324,8 @@ def test_adaptation_keeps_the_asked_share_of_its_change_to_the_weights():
     planes = np.random.default_rng(3).random((6, 48, 40)).astype(np.float32)
     weights = {}
     for keep in (0.0, 0.5, 1.0):
-        settings = through_plane.Settings(steps=6, keep=keep, patience=float("inf"), batch_size=4)
-        model, done, why = through_plane.adapt(start, planes, 3, 1.0, steps=6, deadline=float("inf"),
+        settings = refine.Settings(steps=6, keep=keep, patience=float("inf"), batch_size=4)
+        model, done, why = refine.adapt(start, planes, 3, 1.0, steps=6, deadline=float("inf"),
                                                settings=settings, precision="float32")
         assert (done, why) == (6, "steps")
         weights[keep] = model.get_weights()
@@ -349,11 +349,11 @@ def test_in_plane_detail_finer_than_the_working_grid_comes_back_smooth_across_th
     geometry = slice_geometry.read_geometry((0.8, 0.8, 4.0), thick.shape, factor=FACTOR)
     assert geometry.working_shape() == (32, 32, 12) and geometry.output_shape() == fine.shape
     model = modules.get_quality_model_1d(FACTOR, filters=8, blocks=1)
-    settings = through_plane.Settings(adapt=False).for_network("quality")
-    refined = through_plane.refine(model, thick, geometry, settings)
+    settings = refine.Settings(adapt=False).for_network("quality")
+    refined = refine.refine(model, thick, geometry, settings)
     working = slice_geometry.resample(thick, geometry.working_shape())
-    staircase = through_plane.make_consistent(
-        slice_geometry.resample(through_plane.estimate(model, working, 2, settings), fine.shape), thick, 2,
+    staircase = refine.make_consistent(
+        slice_geometry.resample(refine.estimate(model, working, 2, settings), fine.shape), thick, 2,
         geometry.output_weights(settings.profile))
 
     def high_pass_error(volume):  # in-plane detail only (a Gaussian high-pass, not the grids' own resampling)

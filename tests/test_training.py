@@ -9,7 +9,7 @@ import pytest
 import modules
 import train
 from conftest import write_tree
-from tensorflow_env import keras
+from common.tensorflow_env import keras
 
 # A tiny network on tiny crops, no XLA: an epoch is a few steps of milliseconds, in this process.
 TINY = ["--batch-size", "2", "--patch-size", "32", "--filters", "4,4,4", "--precision", "float32", "--jit", "off"]

@@ -3,7 +3,7 @@ import glob
 import os
 
 from conftest import run_script
-from tensorflow_env import tf
+from common.tensorflow_env import tf
 
 
 def logged(folder):

@@ -62,9 +62,9 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from common.atomic_files import write_atomically  # noqa: E402  (likewise)
+from common import slice_profiles  # noqa: E402  (numpy and constants only)
 import constants  # noqa: E402  (standard library only: no TensorFlow on the GPU machine)
-import slice_profiles  # noqa: E402  (numpy and constants only)
-from atomic_files import write_atomically  # noqa: E402  (likewise)
 # a linear warm-up over the first 3% of the time: Adam's first steps move every weight by about the full rate,
 # and from a trained start that cost 0.3 dB of validation in 6 steps (CPU smoke run, batch 4)
 WARM_UP_SHARE = 0.03
@@ -113,7 +113,7 @@ def pack_slices(data_dir, extra_dirs, part, parts):
 def start_model(path):
     """The --init-model file, refused here (not on the GPU, after the upload) unless it is a quality network."""
     import modules
-    from tensorflow_env import keras
+    from common.tensorflow_env import keras
 
     model = keras.models.load_model(path, safe_mode=True, compile=False)
     if modules.network_of(model) != "quality":

@@ -7,9 +7,9 @@ usage:
 For each test head of tools/real_volumes.py's tree and each of its thick volumes whose factor is in
 --factors, the volume is refined as predict.py --through-plane refines it (through_plane.
 super_resolve_through_plane: the same scaling, inference, data consistency and clipping; adaptation by
-through_plane.adapt on the same working grid), once per --steps value: 0 is the pretrained model alone
+refine.adapt on the same working grid), once per --steps value: 0 is the pretrained model alone
 (--no-adapt), N > 0 is adaptation as predict.py --adapt-steps N adapts (N steps, fewer on volumes over 8M
-working voxels: through_plane.adaptation_steps), with neither a time bound nor the early stop, so that a run
+working voxels: refine.adaptation_steps), with neither a time bound nor the early stop, so that a run
 repeats whatever the machine's speed or load; each --keep value (the share of adaptation's weight change
 kept, predict.py --adapt-keep) is refined with a point between the pretrained and that one adapted model.
 Precision: predict.py's default, auto (mixed bfloat16 on CPUs with AVX-512 BF16 or AMX).
@@ -30,12 +30,12 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from common.cli import unit_share  # noqa: E402
 import constants  # noqa: E402
 import inference  # noqa: E402
 import modules  # noqa: E402
-import slice_geometry  # noqa: E402
-import through_plane  # noqa: E402
-from cli import unit_share  # noqa: E402
+from through_plane import refine  # noqa: E402
+from through_plane import slice_geometry  # noqa: E402
 from through_plane_check import psnr_against_spline  # noqa: E402  (this folder is on the path when run as a script)
 
 PRECISION = "auto"  # predict.py's default
@@ -64,7 +64,7 @@ def read_volume(volume_entry, tree):
 def gain(volume, source, settings):
     """Gain in dB over cubic spline of one read_volume() refined by predict.py's path with `settings`."""
     image, thick, truth, geometry = volume
-    output, _, _, _ = through_plane.super_resolve_through_plane(source, image, thick, geometry, settings)
+    output, _, _, _ = refine.super_resolve_through_plane(source, image, thick, geometry, settings)
     model_psnr, spline_psnr = psnr_against_spline(output.astype(np.float64), thick.astype(np.float64), truth,
                                                   geometry.axis, geometry.factor)
     return model_psnr - spline_psnr
@@ -74,18 +74,18 @@ def adapted_model(source, volume, settings):
     """The source's model adapted to the volume as predict.py adapts it, with all of the change kept.
 
     The volume is scaled and put on its working grid as
-    through_plane.super_resolve_through_plane does it, and adapted by
-    through_plane.prepare_model (settings.steps, scaled by the volume's size);
+    refine.super_resolve_through_plane does it, and adapted by
+    refine.prepare_model (settings.steps, scaled by the volume's size);
     each --keep is then a point between the start and this model
-    (through_plane.keep_share_of_change), so one adaptation serves them all.
+    (refine.keep_share_of_change), so one adaptation serves them all.
     Returns (model, steps taken).
     """
     _, thick, _, geometry = volume
     thick = inference.finite_copy(thick)[0]  # NaN/Inf replaced as predict.py replaces them
-    _, working, _ = through_plane.scaled_and_working(thick, geometry)
+    _, working, _ = refine.scaled_and_working(thick, geometry)
     complete = copy.copy(settings)
     complete.adapt, complete.keep = True, 1.0
-    prepared = through_plane.prepare_model(source, working, geometry, complete, time.monotonic())
+    prepared = refine.prepare_model(source, working, geometry, complete, time.monotonic())
     return prepared.model, prepared.steps
 
 
@@ -112,7 +112,7 @@ def main(argv=None):
         parser.error(f"--heads: not test heads of {args.tree}: {' '.join(unknown)}")
     if any(n < 0 for n in args.steps):
         parser.error("--steps: each must be 0 or more")
-    source = through_plane.ModelSource(args.model, PRECISION)
+    source = refine.ModelSource(args.model, PRECISION)
     try:
         refined = source.factors()
     except ValueError as error:
@@ -128,7 +128,7 @@ def main(argv=None):
             network = modules.network_of(start)
             for steps in args.steps:
                 began = time.monotonic()
-                settings = through_plane.Settings(adapt=False, seconds=float("inf"), steps=max(steps, 1),
+                settings = refine.Settings(adapt=False, seconds=float("inf"), steps=max(steps, 1),
                                                   learning_rate=args.learning_rate, patience=float("inf"))
                 if steps == 0:
                     runs = [(None, start)]
@@ -138,7 +138,7 @@ def main(argv=None):
                     for keep in args.keep:
                         keep = settings.for_network(network, volume[3].ratio).keep if keep is None else keep
                         model = modules.inference_model(start, PRECISION)
-                        model.set_weights(through_plane.keep_share_of_change(start.get_weights(),
+                        model.set_weights(refine.keep_share_of_change(start.get_weights(),
                                                                              adapted.get_weights(), keep))
                         runs.append((keep, model))
                 for keep, model in runs:

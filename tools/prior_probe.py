@@ -30,11 +30,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tensorflow_env import keras  # noqa: E402
+from common.tensorflow_env import keras  # noqa: E402
 import inference  # noqa: E402
 import proxy_check  # noqa: E402
 import real_slices  # noqa: E402
-from cli import OneLineErrorParser, a_number, positive_float, positive_int, unit_share  # noqa: E402
+from common.cli import OneLineErrorParser, a_number, positive_float, positive_int, unit_share  # noqa: E402
 
 CROP = 64          # high-resolution crop side (16x16 inputs)
 BATCH = 16

@@ -45,11 +45,11 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from common import measures  # noqa: E402
 import constants  # noqa: E402
 import dataset  # noqa: E402
 import inference  # noqa: E402
-import measures  # noqa: E402
-import synthetic_heads  # noqa: E402
+from training import synthetic_heads  # noqa: E402
 
 FACTOR = 4
 PROXY_SEED = 2026

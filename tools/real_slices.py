@@ -34,8 +34,8 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import volumes  # noqa: E402
-from cli import positive_int  # noqa: E402
+from common.cli import positive_int  # noqa: E402
+from scans import volumes  # noqa: E402
 
 
 def head_slices(data, step, min_tissue):

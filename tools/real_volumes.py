@@ -37,8 +37,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import dicom_series  # noqa: E402
-import slice_profiles  # noqa: E402
+from common import slice_profiles  # noqa: E402
+from scans import dicom_series  # noqa: E402
 MNE_T1 = "ecog/sample_ecog/mri/T1.mgz"
 POINTER_PREFIXES = (b"version https://git-lfs", b"../", b"/annex/", b".git/annex")
 

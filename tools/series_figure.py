@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import dicom_series  # noqa: E402
+from scans import dicom_series  # noqa: E402
 
 
 def read_series(folder):

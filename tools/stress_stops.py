@@ -27,7 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from toy_runs import history_epochs, write_tree  # noqa: E402  (the suite's tiny trees and history reader)
+from training.toy_runs import history_epochs, write_tree  # noqa: E402  (the suite's tiny trees and history reader)
 
 EPOCHS = 60
 FLAGS = ["--batch-size", "2", "--patch-size", "32", "--precision", "float32", "--jit", "off",

@@ -9,14 +9,14 @@ volumes: 4 fine slices averaged along the axial axis, 3 along another, and the f
 the thick volumes are refined by `python predict.py --input A B --through-plane --output-dir DIR` run as a
 subprocess and timed (TensorFlow start-up included, as a user sees it).  Each output must have exactly its
 reference's shape and affine; then PSNR over the whole volume (range = the reference's max - min) is
-computed for the output and for through_plane.cubic_spline on the same thick volume, clipped to the thick
+computed for the output and for refine.cubic_spline on the same thick volume, clipped to the thick
 volume's [min, max] as predict.py clips its own output; the gain is their difference.
 
 One call per head when it can be: predict.py infers each volume's factor as round(slice thickness / finest
 other voxel size), which is wrong for a volume whose fine grid is not isotropic (ds002748's 0.87 x 0.87 x 1 mm
 made 4 mm thick infers x5, not x4).  Such a volume gets its own call with --through-plane-factor F (and
 --axis K if the axis is also mis-inferred); the JSON records it and the head's time sums its calls.  With
---model-dir, predict.py's --model names one model for one factor (through_plane.ModelSource), so each
+--model-dir, predict.py's --model names one model for one factor (through_plane.refine.ModelSource), so each
 factor gets its own call with --model DIR/<network>_through_x<F>.keras (or DIR/through_x<F>/ holding it,
 the folder train.py --output-dir output/through_x<F> writes; espcn.keras there from older versions).
 
@@ -62,7 +62,7 @@ def model_for(model_dir, factor):
 
 def plan_calls(volumes, tree, model_dir):
     """[(flags, [volume entries])]: the predict.py calls one head needs (see the module docstring)."""
-    import slice_geometry
+    from through_plane import slice_geometry
     calls = {}
     for v in volumes:
         image = nib.load(os.path.join(tree, v["thick"]))
@@ -107,10 +107,10 @@ def psnr_against_spline(output, thick, truth, axis, factor):
 
     The spline is clipped to the thick volume's [min, max] as predict.py clips its own output.
     """
-    import measures
-    import through_plane
+    from common import measures
+    from through_plane import refine
     value_range = float(truth.max() - truth.min())
-    spline = np.clip(through_plane.cubic_spline(thick, axis, thick.shape[axis] * factor), thick.min(), thick.max())
+    spline = np.clip(refine.cubic_spline(thick, axis, thick.shape[axis] * factor), thick.min(), thick.max())
     return measures.psnr(output, truth, value_range), measures.psnr(spline, truth, value_range)
 
 

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 from matplotlib.figure import Figure
 
-from atomic_files import write_atomically
+from common.atomic_files import write_atomically
 
 PLANE_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}  # by the world axis (RAS) each plane holds fixed
 

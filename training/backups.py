@@ -14,8 +14,8 @@ import json
 import os
 import shutil
 
-from atomic_files import write_folder_atomically
-from tensorflow_env import tf
+from common.atomic_files import write_folder_atomically
+from common.tensorflow_env import tf
 
 CHECKPOINT_PREFIX = "ckpt"
 SETTINGS_FILE = "settings.json"

@@ -51,8 +51,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
+from common.atomic_files import write_folder_atomically
 import constants
-from atomic_files import write_folder_atomically
 
 UNIFORM_TOLERANCE = 0.01  # relative spread of slice gaps still called even (the 1 %)
 UNIFORM_FLOOR_MM = 0.02  # ... or absolute: positions written to 2 decimals are 0.01 mm off, 2 % of 0.5 mm slices

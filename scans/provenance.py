@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
+from common.atomic_files import write_json
 import constants
-from atomic_files import write_json
 
 SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
 

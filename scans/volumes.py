@@ -17,10 +17,10 @@ import numpy as np
 from isal import igzip
 from nibabel.fileholders import FileHolder
 
+from common.atomic_files import write_atomically
 import constants
 import inference
 import modules
-from atomic_files import write_atomically
 
 # Volume files nibabel reads and writes: NIfTI, and FreeSurfer's MGH (.mgz is gzipped .mgh).
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")

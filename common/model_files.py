@@ -5,14 +5,14 @@ file.  Without it, a model that train.py wrote into --output-dir is preferred
 (its name says its network: constants.TRAINED_IN_PLANE), else the shipped
 model of the job's default network: constants.DEFAULT_NETWORK for the user's
 scans, constants.SEED_NETWORK for the seed's evaluation of the test split.
-Through-plane models are chosen per factor by through_plane.ModelSource from
+Through-plane models are chosen per factor by through_plane.refine.ModelSource from
 the shipped names (a trained through-plane model is given with --model).
 """
 import os
 
 import constants
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, above common/
 
 
 def shipped_name(network, factor=None):

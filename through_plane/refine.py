@@ -34,16 +34,16 @@ import time
 import numpy as np
 from matplotlib.figure import Figure
 
+from common.atomic_files import write_atomically, write_json
+from common import measures
+from common import model_files
+from common import slice_profiles
+from common.tensorflow_env import keras, tf
 import constants
 import inference
-import measures
-import model_files
 import modules
-import slice_geometry
-import slice_profiles
-import volumes
-from atomic_files import write_atomically, write_json
-from tensorflow_env import keras, tf
+from scans import volumes
+from through_plane import slice_geometry
 
 
 # --- Shape, degradation, baseline ----------------------------------------------------

@@ -1,6 +1,6 @@
 """Synthetic head slices for training: skull, scalp, random contrasts, bias, noise, resolutions.
 
-usage: python synthetic_heads.py --output-dir data/synthetic [--variants 12] [--step 8] [--seed 1337]
+usage: python -m training.synthetic_heads --output-dir data/synthetic [--variants 12] [--step 8] [--seed 1337]
 
 Users feed whole heads (skull, scalp, fat, a noisy background), of any contrast,
 at in-plane resolutions other than 1 mm; the MNI152 template is one smooth,
@@ -26,10 +26,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from common.atomic_files import write_atomically
+from common.cli import OneLineErrorParser, positive_int
 import constants
 import dataset
-from atomic_files import write_atomically
-from cli import OneLineErrorParser, positive_int
 
 # Labels, in the order of their intensity vectors.
 LABELS = ("background", "csf", "grey", "white", "bone", "marrow", "muscle", "fat", "skin")

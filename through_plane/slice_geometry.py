@@ -15,7 +15,7 @@ there the thick slices are F working voxels apart and T / w thick, the
 geometry the model is adapted to.  Its estimate is then resampled onto the
 *output grid*, the input's own in-plane voxels and slices `target` mm apart
 (default w, the network's own spacing), and made consistent with the input
-there (through_plane.make_consistent).  Resampling keeps the world extent
+there (through_plane.refine.make_consistent).  Resampling keeps the world extent
 exactly: along an axis of n voxels made m, output voxel i is centred at input
 coordinate (i + 0.5) n / m - 0.5.
 """
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from common import slice_profiles
 import constants
-import provenance
-import slice_profiles
+from scans import provenance
 
 
 @dataclass

@@ -19,7 +19,7 @@ are hidden too; they would bury the scripts' one-line messages.
 """
 import os
 
-from cli import quiet_native_stderr
+from common.cli import quiet_native_stderr
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -13,8 +13,8 @@ twice.
 """
 import os
 
+from common.tensorflow_env import tf
 import constants
-from tensorflow_env import tf
 
 SCALARS = ("loss", "val_loss", "val_psnr", "val_ssim", "learning_rate")
 

@@ -22,9 +22,9 @@ import json
 import os
 import re
 
+from common.atomic_files import write_json
 import constants
-import provenance
-from atomic_files import write_json
+from scans import provenance
 
 BIDS_VERSION = "1.9.0"
 ENTITY = "desc"  # the entity that marks a super-resolved output
