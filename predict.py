@@ -51,8 +51,7 @@ from scans import image_files
 from scans import provenance
 from scans import volume_figures
 from scans import volumes
-from through_plane import refine
-from through_plane import slice_geometry
+from through_plane import model_source, refine, scoring, slice_geometry
 
 
 # --- Command line ------------------------------------------------------------
@@ -434,7 +433,7 @@ def refine_through_plane(source, item, args, guard):
             factor = args.through_plane_factor or compare_factor(source.factors())
             name = f"{stem_of(item)}_{source.network_for(factor)}_through_compare.png"
             out_path = guard.claim(item, os.path.join(args.output_dir, name))
-            r = refine.compare_on_volume(source, item, out_path, args.axis, factor, settings, progress)
+            r = scoring.compare_on_volume(source, item, out_path, args.axis, factor, settings, progress)
             return Result(out_path, f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic "
                                     f"spline PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}")
         notes = []
@@ -609,8 +608,8 @@ def main(argv=None):
         remove_dead_partials(args.output_dir)  # what a killed run left (a DICOM series: patient data)
         if args.bids:
             args.input = bids_inputs(args)
-        if args.through_plane:  # its models depend on each volume's factor: refine.ModelSource
-            source = refine.ModelSource(args.model, args.precision)
+        if args.through_plane:  # its models depend on each volume's factor: model_source.ModelSource
+            source = model_source.ModelSource(args.model, args.precision)
             print(f"model: {source.describe()}, precision: {modules.choose_precision(args.precision)}")
             return run_on_inputs(through_plane_handler(source, args), args)
         default = constants.DEFAULT_NETWORK if args.input else constants.SEED_NETWORK

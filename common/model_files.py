@@ -5,7 +5,7 @@ file.  Without it, a model that train.py wrote into --output-dir is preferred
 (its name says its network: constants.TRAINED_IN_PLANE), else the shipped
 model of the job's default network: constants.DEFAULT_NETWORK for the user's
 scans, constants.SEED_NETWORK for the seed's evaluation of the test split.
-Through-plane models are chosen per factor by through_plane.refine.ModelSource from
+Through-plane models are chosen per factor by through_plane.model_source.ModelSource from
 the shipped names (a trained through-plane model is given with --model).
 """
 import os

@@ -15,7 +15,7 @@ from PIL import Image
 from common import model_files
 import constants
 import predict
-from through_plane import refine
+from through_plane import model_source
 import train
 from training import backups
 from conftest import ROOT
@@ -272,7 +272,7 @@ def test_through_plane_by_default_takes_the_quality_networks_nearest_factor_or_t
 
 
 def test_model_source_networks_per_factor():
-    default, quality, espcn = (refine.ModelSource(model) for model in (None, "quality", "espcn"))
+    default, quality, espcn = (model_source.ModelSource(model) for model in (None, "quality", "espcn"))
     assert default.describe() == "Quality network through-plane (shipped, the default)"
     assert quality.describe() == "Quality network through-plane (shipped, --model quality)"
     assert espcn.describe() == "ESPCN through-plane (shipped, --model espcn)"

@@ -9,6 +9,7 @@ import pytest
 from common import model_files
 import inference
 import modules
+from through_plane import adaptation
 from through_plane import refine
 from conftest import run_script, write_tree
 from common.tensorflow_env import keras
@@ -79,7 +80,7 @@ def test_adaptation_trains_a_copy_of_a_quality_start_model():
     planes = np.random.default_rng(9).random((6, 30, 30)).astype(np.float32)
     settings = refine.Settings(seconds=60)
     before = [w.copy() for w in start.get_weights()]
-    model, done, _ = refine.adapt(start, planes, 3, 1.0, steps=5, deadline=float("inf"), settings=settings,
+    model, done, _ = adaptation.adapt(start, planes, 3, 1.0, steps=5, deadline=float("inf"), settings=settings,
                                         precision="float32")
     assert done == 5 and modules.network_of(model) == "quality" and model is not start
     assert all(np.array_equal(a, b) for a, b in zip(start.get_weights(), before))  # the cached start is untouched

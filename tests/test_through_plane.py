@@ -14,6 +14,8 @@ import constants
 import dataset
 import modules
 import predict
+from through_plane import adaptation
+from through_plane import model_source
 from through_plane import refine
 from through_plane import slice_geometry
 from conftest import run_script
@@ -177,7 +179,7 @@ def test_depth_to_space_1d_model_saves_and_loads_with_safe_mode(tmp_path):
     x = np.random.default_rng(3).random((2, 5, 7, 1)).astype(np.float32)
     path = str(tmp_path / "m.keras")
     model.save(path)
-    loaded = refine.load_model_1d(path, 3)
+    loaded = model_source.load_model_1d(path, 3)
     assert loaded(x).shape == (2, 15, 7, 1)
     assert np.allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
 
@@ -270,7 +272,7 @@ def test_train_py_trains_a_through_plane_model(tmp_path, tiny_tree):
                         "--epochs", "1", "--batch-size", "2", "--patch-size", "32", "--precision", "float32")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(name for name in os.listdir(out) if name.endswith(".keras")) == ["espcn_through_x3.keras"]
-    model = refine.load_model_1d(str(out / "espcn_through_x3.keras"), 3)
+    model = model_source.load_model_1d(str(out / "espcn_through_x3.keras"), 3)
     assert model(np.zeros((1, 4, 9, 1), np.float32)).shape == (1, 12, 9, 1)
 
 
@@ -280,8 +282,8 @@ def test_train_py_fine_tunes_from_an_init_model_and_refuses_another_kind(tmp_pat
               "--patch-size", "32", "--precision", "float32", "--learning-rate", "1e-9", "--lr-schedule", "constant"]
     result = run_script("train.py", *common, "--output-dir", str(tmp_path / "a"), "--init-model", start)
     assert result.returncode == 0, result.stderr[-3000:]
-    tuned = refine.load_model_1d(str(tmp_path / "a" / "espcn_through_x3.keras"), 3)
-    original = refine.load_model_1d(start, 3)
+    tuned = model_source.load_model_1d(str(tmp_path / "a" / "espcn_through_x3.keras"), 3)
+    original = model_source.load_model_1d(start, 3)
     for got, want in zip(tuned.get_weights(), original.get_weights()):  # a rate of 1e-9 leaves the start as it was
         np.testing.assert_allclose(got, want, atol=1e-5)
     wrong = os.path.join(os.path.dirname(__file__), "..", "pretrained", "espcn_through_x4.keras")
@@ -297,9 +299,9 @@ def test_adaptation_steps_fall_with_the_volume_down_to_their_floor_share():
     full, floor = constants.ADAPT_FULL_VOXELS, constants.ADAPT_MIN_SHARE
     for network, steps in (("espcn", constants.ADAPT_STEPS), ("quality", constants.QUALITY_ADAPT_STEPS)):
         settings = refine.Settings().for_network(network)
-        assert [refine.adaptation_steps(v, settings) for v in (full // 2, full, 2 * full, 10 * full)] == \
+        assert [adaptation.adaptation_steps(v, settings) for v in (full // 2, full, 2 * full, 10 * full)] == \
             [steps, steps, round(steps / 2), round(steps * floor)], network
-    assert refine.adaptation_steps(10 * full, refine.Settings(steps=1)) == 1
+    assert adaptation.adaptation_steps(10 * full, refine.Settings(steps=1)) == 1
 
 
 def test_the_quality_network_keeps_all_of_adaptation_on_widely_spaced_slices():
@@ -325,7 +327,7 @@ def test_adaptation_keeps_the_asked_share_of_its_change_to_the_weights():
     weights = {}
     for keep in (0.0, 0.5, 1.0):
         settings = refine.Settings(steps=6, keep=keep, patience=float("inf"), batch_size=4)
-        model, done, why = refine.adapt(start, planes, 3, 1.0, steps=6, deadline=float("inf"),
+        model, done, why = adaptation.adapt(start, planes, 3, 1.0, steps=6, deadline=float("inf"),
                                                settings=settings, precision="float32")
         assert (done, why) == (6, "steps")
         weights[keep] = model.get_weights()

@@ -7,9 +7,9 @@ usage:
 For each test head of tools/real_volumes.py's tree and each of its thick volumes whose factor is in
 --factors, the volume is refined as predict.py --through-plane refines it (through_plane.
 super_resolve_through_plane: the same scaling, inference, data consistency and clipping; adaptation by
-refine.adapt on the same working grid), once per --steps value: 0 is the pretrained model alone
+adaptation.adapt on the same working grid), once per --steps value: 0 is the pretrained model alone
 (--no-adapt), N > 0 is adaptation as predict.py --adapt-steps N adapts (N steps, fewer on volumes over 8M
-working voxels: refine.adaptation_steps), with neither a time bound nor the early stop, so that a run
+working voxels: adaptation.adaptation_steps), with neither a time bound nor the early stop, so that a run
 repeats whatever the machine's speed or load; each --keep value (the share of adaptation's weight change
 kept, predict.py --adapt-keep) is refined with a point between the pretrained and that one adapted model.
 Precision: predict.py's default, auto (mixed bfloat16 on CPUs with AVX-512 BF16 or AMX).
@@ -34,6 +34,8 @@ from common.cli import unit_share  # noqa: E402
 import constants  # noqa: E402
 import inference  # noqa: E402
 import modules  # noqa: E402
+from through_plane import adaptation  # noqa: E402
+from through_plane import model_source  # noqa: E402
 from through_plane import refine  # noqa: E402
 from through_plane import slice_geometry  # noqa: E402
 from through_plane_check import psnr_against_spline  # noqa: E402  (this folder is on the path when run as a script)
@@ -77,7 +79,7 @@ def adapted_model(source, volume, settings):
     refine.super_resolve_through_plane does it, and adapted by
     refine.prepare_model (settings.steps, scaled by the volume's size);
     each --keep is then a point between the start and this model
-    (refine.keep_share_of_change), so one adaptation serves them all.
+    (adaptation.keep_share_of_change), so one adaptation serves them all.
     Returns (model, steps taken).
     """
     _, thick, _, geometry = volume
@@ -112,7 +114,7 @@ def main(argv=None):
         parser.error(f"--heads: not test heads of {args.tree}: {' '.join(unknown)}")
     if any(n < 0 for n in args.steps):
         parser.error("--steps: each must be 0 or more")
-    source = refine.ModelSource(args.model, PRECISION)
+    source = model_source.ModelSource(args.model, PRECISION)
     try:
         refined = source.factors()
     except ValueError as error:
@@ -138,7 +140,7 @@ def main(argv=None):
                     for keep in args.keep:
                         keep = settings.for_network(network, volume[3].ratio).keep if keep is None else keep
                         model = modules.inference_model(start, PRECISION)
-                        model.set_weights(refine.keep_share_of_change(start.get_weights(),
+                        model.set_weights(adaptation.keep_share_of_change(start.get_weights(),
                                                                              adapted.get_weights(), keep))
                         runs.append((keep, model))
                 for keep, model in runs:

@@ -16,7 +16,7 @@ One call per head when it can be: predict.py infers each volume's factor as roun
 other voxel size), which is wrong for a volume whose fine grid is not isotropic (ds002748's 0.87 x 0.87 x 1 mm
 made 4 mm thick infers x5, not x4).  Such a volume gets its own call with --through-plane-factor F (and
 --axis K if the axis is also mis-inferred); the JSON records it and the head's time sums its calls.  With
---model-dir, predict.py's --model names one model for one factor (through_plane.refine.ModelSource), so each
+--model-dir, predict.py's --model names one model for one factor (through_plane.model_source.ModelSource), so each
 factor gets its own call with --model DIR/<network>_through_x<F>.keras (or DIR/through_x<F>/ holding it,
 the folder train.py --output-dir output/through_x<F> writes; espcn.keras there from older versions).
 
