@@ -15,12 +15,13 @@ import inference
 import modules
 
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L")
-# Input rows of context on each side of a band, more than the network's receptive radius (5) and
-# bicubic's support (2), so the bands join seamlessly.
-BAND_MARGIN = 8
+# Input rows of context on each side of a band beyond the network's receptive radius (the ESPCN's 5,
+# the quality network's 16: inference.receptive_radius), covering bicubic's support (2) too, so the
+# bands join seamlessly.
+BAND_EXTRA_MARGIN = 3
 # Colour images are super-resolved in bands of this many input rows: bounds the memory of the colour
-# conversion to one band beside the output image.  A band and its context make one tile's rows.
-BAND_ROWS = constants.TILE_SIZE - 2 * BAND_MARGIN
+# conversion to one band beside the output image.  A band and its context fit one tile's rows.
+BAND_ROWS = constants.TILE_SIZE // 2
 
 
 def super_resolve(model, image, batch_size=None, ensemble=1, edges="auto"):
@@ -99,9 +100,9 @@ def upscale_grey(model, values, dtype, batch_size, full_range=False, nan_mask=No
 def upscale_colour(model, image, batch_size, ensemble=1, edges="auto"):
     """The upscaled RGB PIL image of an RGB PIL image: Y by the model, chroma bicubic, band by band.
 
-    Each band of input rows is super-resolved with BAND_MARGIN rows of real
-    context on either side (more than the network's receptive radius and
-    bicubic's support), and only its centre is kept, so the bands join into
+    Each band of input rows is super-resolved with rows of real context on
+    either side (the network's receptive radius and BAND_EXTRA_MARGIN more,
+    beyond bicubic's support), and only its centre is kept, so the bands join into
     exactly the whole-image result while memory holds one output image plus
     one band.  The edges are decided once, on the whole image's luma, so that
     every band takes the same path.
@@ -111,11 +112,12 @@ def upscale_colour(model, image, batch_size, ensemble=1, edges="auto"):
     if edges == "auto":
         luma = np.asarray(ycbcr.getchannel("Y"), np.float32) / 255.0
         edges = "trained" if inference.serves_as_trained(luma, inference.receptive_radius(model)) else "mirror"
+    margin = inference.receptive_radius(model) + BAND_EXTRA_MARGIN
     result = Image.new("RGB", (image.width * factor, image.height * factor))
     inference.check_output_fits(image.width * image.height * factor ** 2 * 4, "the output")
     for top in range(0, image.height, BAND_ROWS):
         bottom = min(image.height, top + BAND_ROWS)
-        start, stop = max(0, top - BAND_MARGIN), min(image.height, bottom + BAND_MARGIN)
+        start, stop = max(0, top - margin), min(image.height, bottom + margin)
         band = ycbcr.crop((0, start, image.width, stop))
         size = (band.width * factor, band.height * factor)
         keep = (0, (top - start) * factor, size[0], (bottom - start) * factor)

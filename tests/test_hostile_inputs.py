@@ -305,11 +305,16 @@ def test_receptive_radius_of_the_seed_model():
     assert inference.receptive_radius(modules.get_model(4)) == 5  # 5x5, then three 3x3 convolutions
 
 
-def test_colour_bands_join_into_the_whole_image_result(monkeypatch):
+@pytest.mark.parametrize("network", ["espcn", "quality"])
+def test_colour_bands_join_into_the_whole_image_result(monkeypatch, network):
+    """Bands of 7 rows join into the whole image's result for both networks: each band's context covers the
+    network's own receptive radius (5 pixels for the ESPCN, 16 for the shipped quality network)."""
+    from common import model_files
     from scans import image_files
 
     keras.utils.set_random_seed(8)
-    model = modules.get_model(4)
+    model = modules.get_model(4) if network == "espcn" else \
+        inference.load_model(model_files.shipped_path("quality"), "float32")
     image = Image.fromarray(np.random.default_rng(9).integers(0, 256, (45, 30, 3), dtype=np.uint8))
     whole = np.asarray(image_files.upscale_colour(model, image, 16)).astype(int)
     monkeypatch.setattr(image_files, "BAND_ROWS", 7)
