@@ -223,7 +223,7 @@ WORKING_GRID_TOLERANCE = 1.2
 # ratio the ESPCN does (x3 at 1.4: 2.1) and refuses a x6 file on 2 mm slices.
 THROUGH_PLANE_MAX_OVERSAMPLING = 2.5
 # Seconds one volume may take (adaptation and inference): a cap, not a
-# target.  Adaptation runs its ADAPT_STEPS (below), so its result does not
+# target.  Adaptation runs its steps (NETWORK_PRESETS, below), so its result does not
 # depend on the machine; only when the cap would be passed (a loaded or slow
 # machine) is it cut short, with a warning.  TensorFlow's start-up (about 10 s
 # a run), reading and writing (a few seconds a volume) come on top.  On the
@@ -252,22 +252,6 @@ ADAPT_VALIDATION_CROPS = 32
 ADAPT_CHECK_STEPS = 50
 ADAPT_PATIENCE = 4
 ADAPT_MIN_GAIN = 0.0
-# Adaptation takes ADAPT_STEPS steps (predict.py --adapt-steps) on volumes
-# whose working output has up to ADAPT_FULL_VOXELS voxels, proportionally
-# fewer on larger ones (whose inference takes longer), at least
-# ADAPT_MIN_SHARE of them (800 of the ESPCN's 2000; 200 of its former 500: at 16M voxels issue 21's
-# heads passed 180 s for two volumes on a 2-core AVX2 CPU and were cut by the
-# cap; 40 of the quality network's 100, whose x3 volumes the cap cut at 100
-# steps; docs/through-plane.md): a number from the
-# volume, never from the clock, so the same input gives the same voxels on
-# any machine at any load; the time budget above is only a cap, with a
-# warning when it cuts adaptation short.  Every random draw of adaptation
-# comes from ADAPT_SEED.
-# The ESPCN's 2000 (500 until release 0.30, with a working grid that resampled 0.87 mm pixels to 1 mm
-# and 1 mm ones to 0.87): on three held-out heads (docs/through-plane.md, *The ESPCN's through-plane
-# restored*) +2.13 dB mean over cubic B-spline against +1.91 with 500 steps, 41-51 s a head (2-core
-# AMD EPYC, AVX-512 BF16); the other scanner's head gains most from the longer adaptation.
-ADAPT_STEPS = 2000
 ADAPT_FULL_VOXELS = 8_000_000
 ADAPT_MIN_SHARE = 0.4
 ADAPT_SEED = 0
@@ -276,36 +260,44 @@ ADAPT_SEED = 0
 # thickness is read from the DICOM header or a BIDS sidecar (--slice-thickness
 # overrides; else the slice spacing).
 SLICE_PROFILE = "box"
-# Flips averaged at inference (self-ensemble): 1 = none, 2 = also the fine
-# axis reversed, 4 = also the slice axis reversed; each costs one more pass.
-THROUGH_PLANE_FLIPS = 4
-# The quality network's own through-plane defaults (predict.py --model
-# quality; --ensemble and --adapt-steps override both networks'): a pass and
-# an adaptation step cost it several times the ESPCN's, so it takes fewer of
-# each to keep a head's two volumes inside 180 s on 2 cores (docs/performance.md).
-QUALITY_THROUGH_PLANE_FLIPS = 1
-QUALITY_ADAPT_STEPS = 100
-# How much of adaptation's change to the weights is kept (predict.py
-# --adapt-keep): the model used is start + keep * (adapted - start), a point
-# between the pretrained and the adapted model in weight space (weight-space
-# ensembling, as WiSE-FT does for fine-tuned models, Wortsman et al. 2022).
-# Its output is, within 0.01 dB, the average of the two models' outputs at no
-# extra cost.  For the quality network a quarter: on the 14 volumes of issue
-# 21's 7 held-out heads (6 of the training scanner, 1 of another) it gains
-# +2.54 dB mean over cubic B-spline, weakest +1.83, against +2.48 / +1.73 for
-# half (the share chosen for the weaker third-stage models) and +2.54 / +1.81
-# for none; the other scanner's head's mean is within 0.02 dB of half's
-# (docs/through-plane.md, *Keeping part of the adaptation*).
-ADAPT_KEEP = 1.0
-QUALITY_ADAPT_KEEP = 0.25
-# ... except on widely spaced slices, a spacing / in-plane pixel ratio of QUALITY_WIDE_RATIO or
-# more (clinical 5-6 mm slices; beyond the ~4.6 of any thick slices the quality network was
-# trained on, which it refines at x4 on a grid coarser than their pixels), where the whole change
-# is kept (QUALITY_ADAPT_KEEP_WIDE).  On 14 such volumes simulated from 7 held-out heads (ratios
-# 5-13.8: 5 and 6 mm slices, with and without gaps, some on zero-filled 0.43 mm pixels, as
-# ../shared/bench/clinical_geometry.py makes them) the whole change gained +1.91 dB mean over cubic
-# B-spline against +1.83 for a quarter (12 of the 14 better, one 0.01 worse); on 10 volumes of
-# ratio 2-3.5 it lost 0.05 dB on average to a quarter, on issue 21's ratio-4.61 ones 0.1-0.2 dB
-# (docs/through-plane.md, *Keeping part of the adaptation*).
-QUALITY_ADAPT_KEEP_WIDE = 1.0
-QUALITY_WIDE_RATIO = 5.0
+# Each network's through-plane presets, in one table (predict.py's --help and docs/flags.md are made from
+# it; --ensemble, --adapt-steps and --adapt-keep override them for one run):
+#
+# "flips": flips averaged at inference (self-ensemble): 1 = none, 2 = also the fine axis reversed, 4 =
+#   also the slice axis reversed; each costs one more pass.  A pass and an adaptation step cost the
+#   quality network several times the ESPCN's, so it takes fewer of each to keep a head's two volumes
+#   inside 180 s on 2 cores (4 flips added +0.04 to +0.06 dB at 4.5x the time; docs/performance.md).
+#
+# "adapt_steps": adaptation takes this many steps on volumes whose working output has up to
+#   ADAPT_FULL_VOXELS voxels, proportionally fewer on larger ones (whose inference takes longer), at
+#   least ADAPT_MIN_SHARE of them (800 of the ESPCN's 2000; 40 of the quality network's 100, whose x3
+#   volumes the cap cut at 100 steps; docs/through-plane.md): a number from the volume, never from the
+#   clock, so the same input gives the same voxels on any machine at any load; the time budget above
+#   is only a cap, with a warning when it cuts adaptation short.  Every random draw of adaptation comes
+#   from ADAPT_SEED.  The ESPCN's 2000 (500 until release 0.30, with a working grid that resampled
+#   0.87 mm pixels to 1 mm and 1 mm ones to 0.87): on three held-out heads +2.13 dB mean over cubic
+#   B-spline against +1.91 with 500 steps, 41-51 s a head (2-core AMD EPYC, AVX-512 BF16); the other
+#   scanner's head gains most from the longer adaptation (docs/through-plane.md, *The working grid
+#   keeps near axes*).
+#
+# "adapt_keep": how much of adaptation's change to the weights is kept: the model used is start +
+#   keep * (adapted - start), a point between the pretrained and the adapted model in weight space
+#   (weight-space ensembling, as WiSE-FT does for fine-tuned models, Wortsman et al. 2022); its output
+#   is, within 0.01 dB, the average of the two models' outputs at no extra cost.  For the quality
+#   network a quarter: on the 14 volumes of 7 held-out heads (6 of the training scanner, 1 of another)
+#   it gained +2.54 dB mean over cubic B-spline, weakest +1.83, against +2.48 / +1.73 for half (the
+#   share chosen for the weaker third-stage models) and +2.54 / +1.81 for none (docs/through-plane.md,
+#   *Keeping part of the adaptation*).
+#
+# "adapt_keep_wide": the share kept on widely spaced slices, a spacing / in-plane pixel ratio of
+#   WIDE_RATIO or more (clinical 5-6 mm slices; beyond the ~4.6 of any thick slices the quality network
+#   was trained on, which it refines at x4 on a grid coarser than their pixels).  On 14 such volumes
+#   simulated from 7 held-out heads (ratios 5-13.8, as ../shared/bench/clinical_geometry.py makes
+#   them) the whole change gained the quality network +1.91 dB mean over cubic B-spline against +1.83
+#   for a quarter (12 of the 14 better, one 0.01 worse); on 10 volumes of ratio 2-3.5 it lost 0.05 dB
+#   on average to a quarter.
+NETWORK_PRESETS = {
+    "espcn": {"flips": 4, "adapt_steps": 2000, "adapt_keep": 1.0, "adapt_keep_wide": 1.0},
+    "quality": {"flips": 1, "adapt_steps": 100, "adapt_keep": 0.25, "adapt_keep_wide": 1.0},
+}
+WIDE_RATIO = 5.0

@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from common.atomic_files import remove_dead_partials, write_atomically
 from common import model_files
-from common.cli import (OneLineErrorParser, check_output_dir, positive_float, positive_int, target_size, unit_share,
-                        upscale_factor)
+from common.cli import (OneLineErrorParser, check_output_dir, per_network, positive_float, positive_int,
+                        target_size, unit_share, upscale_factor)
 import constants
 import dataset
 import evaluation
@@ -110,8 +110,7 @@ def add_input_output_flags(group):
                        help="average the model over this many flips/quarter turns of each input (self-ensemble); "
                             f"default: {constants.ENSEMBLE_IMAGES} for images and the test split, "
                             f"{constants.ENSEMBLE_VOLUMES} for NIfTI volumes; with --through-plane (at most 4 "
-                            f"flips) {constants.THROUGH_PLANE_FLIPS} for the ESPCN, "
-                            f"{constants.QUALITY_THROUGH_PLANE_FLIPS} for the quality network")
+                            f"flips) {per_network('flips')}")
     group.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
                        help="beside each volume output, a PNG of its three central planes, input above output "
                             "(in a BIDS derivatives dataset under sub-*/figures/)")
@@ -182,17 +181,15 @@ def add_through_plane_flags(group):
                        help="Adam's rate for per-volume adaptation from a pretrained model (cosine-decayed over "
                             "its steps)")
     group.add_argument("--adapt-steps", "--adapt-max-steps", type=positive_int, default=None,
-                       help=f"adaptation steps ({constants.ADAPT_STEPS} for the ESPCN, "
-                            f"{constants.QUALITY_ADAPT_STEPS} for the quality network) for a volume of up to "
+                       help=f"adaptation steps ({per_network('adapt_steps')}) for a volume of up to "
                             f"{constants.ADAPT_FULL_VOXELS // 1_000_000}M working voxels, proportionally fewer "
                             "for larger ones (it stops earlier when the volume's own validation crops stop "
                             "improving; the time budget only caps it, with a warning)")
     group.add_argument("--adapt-keep", type=unit_share, default=None, metavar="SHARE",
                        help=f"the share of adaptation's change to a pretrained model's weights that is kept, 0 to 1 "
-                            f"({constants.ADAPT_KEEP:g} for the ESPCN, {constants.QUALITY_ADAPT_KEEP:g} for the "
-                            f"quality network, {constants.QUALITY_ADAPT_KEEP_WIDE:g} on its slices "
-                            f"{constants.QUALITY_WIDE_RATIO:g}+ pixels apart): the model used lies between the "
-                            "pretrained and the adapted one")
+                            f"({per_network('adapt_keep')}; on slices {constants.WIDE_RATIO:g}+ pixels apart "
+                            f"{per_network('adapt_keep_wide')}): the model used lies between the pretrained and "
+                            "the adapted one")
     group.add_argument("--slice-profile", choices=("box", "gaussian"), default=constants.SLICE_PROFILE,
                        help="the slices' profile across their thickness: box (an ideal slab) or gaussian "
                             "(FWHM = the thickness)")

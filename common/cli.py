@@ -5,6 +5,8 @@ import os
 import sys
 import tempfile
 
+import constants
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (no usage block) and exits 2."""
@@ -104,3 +106,10 @@ def target_size(text):
     if value < 16 or value % 16:
         raise argparse.ArgumentTypeError(f"must be a multiple of 16 from 16 up, got {value}")
     return value
+
+
+def per_network(preset):
+    """A through-plane preset's value for each network, in words for --help and docs/flags.md (both are made
+    from constants.NETWORK_PRESETS): per_network("flips") is "4 (ESPCN), 1 (Quality network)"."""
+    return ", ".join(f"{constants.NETWORK_PRESETS[network][preset]:g} ({constants.NETWORK_LABELS[network]})"
+                     for network in constants.NETWORKS)

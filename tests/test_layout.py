@@ -83,3 +83,23 @@ def load_import_graph():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_network_presets_read_the_same_in_help_and_in_docs_flags():
+    """--help and docs/flags.md both state each through-plane preset from constants.NETWORK_PRESETS."""
+    from common.cli import per_network
+    docs = " ".join(open(os.path.join(ROOT, "docs", "flags.md")).read().split())
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    help_text = " ".join(result.stdout.split())
+    for preset in ("flips", "adapt_steps", "adapt_keep", "adapt_keep_wide"):
+        assert per_network(preset) in docs, preset
+        assert per_network(preset) in help_text, preset
+
+
+def test_docs_layout_shows_todays_import_graph():
+    """docs/layout.md's table is tools/import_graph.py's output for today's tree."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "import_graph.py")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() in open(os.path.join(ROOT, "docs", "layout.md")).read()

@@ -45,4 +45,4 @@ def test_a_through_plane_output_records_its_geometry_and_adaptation(tmp_path):
     assert fields["Factors"] == [1, 1, 4] and fields["VoxelSize"] == [1.0, 1.0, 1.0]
     assert fields["InputSliceThickness"] == 3.0 and fields["SliceThickness"] == 1.0
     assert fields["ThicknessSource"] == "thick.json" and fields["AdaptationSteps"] == 20
-    assert fields["Ensemble"] == constants.THROUGH_PLANE_FLIPS  # the ESPCN's default (the quality network: its own)
+    assert fields["Ensemble"] == constants.NETWORK_PRESETS["espcn"]["flips"]  # the ESPCN's default (the quality network: its own)

@@ -183,9 +183,10 @@ def test_the_quality_network_takes_its_own_through_plane_defaults_unless_flags_s
         assert predict.main(["--input", str(source), "--through-plane", "--model", model, "--through-plane-seconds",
                              "600", "--output-dir", str(tmp_path / name), *flags]) == 0
     fields = {name: json.load(open(tmp_path / name / "thick_quality_through_x4.json")) for name in runs}
-    assert fields["defaults"]["Ensemble"] == constants.QUALITY_THROUGH_PLANE_FLIPS != constants.THROUGH_PLANE_FLIPS
-    assert fields["defaults"]["AdaptationSteps"] == constants.QUALITY_ADAPT_STEPS != constants.ADAPT_STEPS
-    assert fields["defaults"]["AdaptationKept"] == constants.QUALITY_ADAPT_KEEP != constants.ADAPT_KEEP
+    quality, espcn = constants.NETWORK_PRESETS["quality"], constants.NETWORK_PRESETS["espcn"]
+    assert fields["defaults"]["Ensemble"] == quality["flips"] != espcn["flips"]
+    assert fields["defaults"]["AdaptationSteps"] == quality["adapt_steps"] != espcn["adapt_steps"]
+    assert fields["defaults"]["AdaptationKept"] == quality["adapt_keep"] != espcn["adapt_keep"]
     assert fields["flags"]["Ensemble"] == 2 and fields["flags"]["AdaptationSteps"] == 7
     assert fields["flags"]["AdaptationKept"] == 1.0
 
@@ -205,7 +206,8 @@ def test_quality_through_plane_takes_the_nearest_shipped_factor_for_thick_clinic
     sidecar = json.load(open(tmp_path / "out" / "axial_5mm_quality_through_x4.json"))
     assert "quality_through_x4.keras" in json.dumps(sidecar)
     # widely spaced slices keep all of adaptation's change
-    assert sidecar["AdaptationKept"] == constants.QUALITY_ADAPT_KEEP_WIDE != constants.QUALITY_ADAPT_KEEP
+    quality = constants.NETWORK_PRESETS["quality"]
+    assert sidecar["AdaptationKept"] == quality["adapt_keep_wide"] != quality["adapt_keep"]
 
 
 def accelerator_stage_tool(monkeypatch):

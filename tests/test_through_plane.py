@@ -297,7 +297,7 @@ def test_adaptation_steps_fall_with_the_volume_down_to_their_floor_share():
     """Each network's steps on small volumes, proportionally fewer on large ones, never below
     constants.ADAPT_MIN_SHARE of them (the ESPCN's 500 go down to 200, the quality network's 100 to 40)."""
     full, floor = constants.ADAPT_FULL_VOXELS, constants.ADAPT_MIN_SHARE
-    for network, steps in (("espcn", constants.ADAPT_STEPS), ("quality", constants.QUALITY_ADAPT_STEPS)):
+    for network, steps in ((n, constants.NETWORK_PRESETS[n]["adapt_steps"]) for n in ("espcn", "quality")):
         settings = refine.Settings().for_network(network)
         assert [adaptation.adaptation_steps(v, settings) for v in (full // 2, full, 2 * full, 10 * full)] == \
             [steps, steps, round(steps / 2), round(steps * floor)], network
@@ -307,15 +307,15 @@ def test_adaptation_steps_fall_with_the_volume_down_to_their_floor_share():
 def test_the_quality_network_keeps_all_of_adaptation_on_widely_spaced_slices():
     """A quarter of the change up to a spacing / pixel ratio of 5 (issue 21's x4 volumes: 4.61), the whole change
     from 5 (clinical 5-6 mm slices); --adapt-keep and the ESPCN unchanged."""
-    assert constants.QUALITY_WIDE_RATIO == 5.0  # the ratios below are chosen around it
+    assert constants.WIDE_RATIO == 5.0  # the ratios below are chosen around it
     kept = {ratio: refine.Settings().for_network("quality", ratio).keep
             for ratio in (None, 2.0, 3.46, 4.0, 4.61, 4.99, 5.0, 13.8)}
-    quarter, whole = constants.QUALITY_ADAPT_KEEP, constants.QUALITY_ADAPT_KEEP_WIDE
+    quarter, whole = (constants.NETWORK_PRESETS["quality"][key] for key in ("adapt_keep", "adapt_keep_wide"))
     assert quarter != whole
     assert kept == {None: quarter, 2.0: quarter, 3.46: quarter, 4.0: quarter, 4.61: quarter, 4.99: quarter,
                     5.0: whole, 13.8: whole}
     assert refine.Settings(keep=0.5).for_network("quality", 5.0).keep == 0.5
-    assert refine.Settings().for_network("espcn", 2.0).keep == constants.ADAPT_KEEP
+    assert refine.Settings().for_network("espcn", 2.0).keep == constants.NETWORK_PRESETS["espcn"]["adapt_keep"]
     geometry = slice_geometry.read_geometry([0.434, 0.434, 6.0], (10, 10, 10), shipped=(3, 4))
     assert np.isclose(geometry.ratio, 6.0 / 0.434) and geometry.factor == 4
 

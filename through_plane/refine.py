@@ -136,24 +136,18 @@ class Settings:
     def for_network(self, network, ratio=None):
         """These settings with the network's own flips, adaptation steps and kept share where no flag set them.
 
-        The quality network costs several times the ESPCN a pass and a step,
-        so it has defaults of its own (constants.QUALITY_THROUGH_PLANE_FLIPS,
-        QUALITY_ADAPT_STEPS) that keep a head inside the clinical time budget,
-        and keeps part of its adaptation (QUALITY_ADAPT_KEEP), all of it on
-        widely spaced slices, a spacing / pixel `ratio` of at least
-        QUALITY_WIDE_RATIO (QUALITY_ADAPT_KEEP_WIDE).
+        From constants.NETWORK_PRESETS: the quality network costs several times
+        the ESPCN a pass and a step, so it has defaults of its own that keep a
+        head inside the clinical time budget, and keeps part of its adaptation,
+        its "adapt_keep_wide" share on widely spaced slices (a spacing / pixel
+        `ratio` of at least constants.WIDE_RATIO).
         """
-        quality = network == "quality"
+        presets = constants.NETWORK_PRESETS[network]
+        wide = ratio is not None and ratio >= constants.WIDE_RATIO
         resolved = copy.copy(self)
-        if resolved.flips is None:
-            resolved.flips = constants.QUALITY_THROUGH_PLANE_FLIPS if quality else constants.THROUGH_PLANE_FLIPS
-        if resolved.steps is None:
-            resolved.steps = constants.QUALITY_ADAPT_STEPS if quality else constants.ADAPT_STEPS
-        if resolved.keep is None and quality:
-            wide = ratio is not None and ratio >= constants.QUALITY_WIDE_RATIO
-            resolved.keep = constants.QUALITY_ADAPT_KEEP_WIDE if wide else constants.QUALITY_ADAPT_KEEP
-        elif resolved.keep is None:
-            resolved.keep = constants.ADAPT_KEEP
+        resolved.flips = presets["flips"] if self.flips is None else self.flips
+        resolved.steps = presets["adapt_steps"] if self.steps is None else self.steps
+        resolved.keep = presets["adapt_keep_wide" if wide else "adapt_keep"] if self.keep is None else self.keep
         return resolved
 
 
