@@ -53,9 +53,15 @@ def summarise(results):
     return summary
 
 
-def run_evaluation(model, data_dir, output_dir, batch_size, size, figure_images, ensemble=1, edges="auto"):
-    """Writes <output_dir>/evaluation.json and multi_comp_<n>.png; returns the summary."""
-    test, results = evaluate_test_split(model, data_dir, batch_size, size, ensemble, edges)
+def run_evaluation(model, options):
+    """Writes <output_dir>/evaluation.json and multi_comp_<n>.png; returns the summary.
+
+    `options`: predict.py's Options (data_dir, output_dir, batch_size, target_size, figure_images, edges and
+    the views of an image's self-ensemble).
+    """
+    data_dir, output_dir, figure_images = options.data_dir, options.output_dir, options.figure_images
+    ensemble, edges = options.views("image"), options.edges
+    test, results = evaluate_test_split(model, data_dir, options.batch_size, options.target_size, ensemble, edges)
     summary = summarise(results)
     json_path = os.path.join(output_dir, "evaluation.json")
     write_json(json_path, summary)

@@ -395,6 +395,12 @@ def choose_precision(name):
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
+def cosine_schedule(learning_rate, steps):
+    """Keras' CosineDecay from `learning_rate` to constants.LR_FLOOR of it over `steps`: the curve of
+    common.schedules.cosine_factor, as a schedule the optimizer follows step by step."""
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps), alpha=constants.LR_FLOOR)
+
+
 def adam(learning_rate, policy):
     """Adam for a model computing under `policy`; loss-scaled for float16, whose small gradients underflow."""
     optimizer = keras.optimizers.Adam(learning_rate)

@@ -40,6 +40,7 @@ from common.atomic_files import remove_dead_partials, write_atomically
 from common import model_files
 from common.cli import (OneLineErrorParser, check_output_dir, per_network, positive_float, positive_int,
                         target_size, unit_share, upscale_factor)
+from common.tensorflow_env import deterministic_ops
 import constants
 import dataset
 import evaluation
@@ -66,8 +67,6 @@ def parse_args(argv=None):
     add_bids_flags(parser.add_argument_group("BIDS datasets (--bids)"))
     add_evaluation_flags(parser.add_argument_group("evaluation (--compare, or the test split without --input)"))
     args = parser.parse_args(argv)
-    if args.axis is None and not args.through_plane:
-        args.axis = 2
     if args.bids and args.input:
         parser.error("argument --bids: takes the place of --input (the dataset's anatomical volumes are the inputs)")
     if (args.participant_label or args.bids_suffix) and not args.bids:
@@ -81,6 +80,60 @@ def parse_args(argv=None):
     if args.through_plane and args.ensemble == 8:
         parser.error("argument --ensemble: at most 4 with --through-plane (the flips that keep the slice axis)")
     return args
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run's command line, resolved once (argparse holds every default) and never changed afterwards.
+
+    Every job of the run reads it: in-plane, through-plane (refine.Settings.from_options) and the test
+    split's evaluation (evaluation.run_evaluation).  `inputs` are --input's paths, or --bids' anatomical
+    volumes; `axis` is --axis, 2 in-plane when not given (through-plane: None, the largest voxel size);
+    `policy` is --precision resolved by modules.choose_precision, the one place it is worked out.
+    """
+    inputs: tuple
+    output_dir: str
+    gzip_level: int
+    model: str | None
+    policy: str
+    batch_size: int | None
+    ensemble: int | None
+    figures: bool
+    edges: str
+    axis: int | None
+    through_plane: bool
+    through_plane_factor: int | None
+    slice_thickness: float | None
+    target_spacing: float | None
+    through_plane_seconds: float
+    adapt: bool
+    adapt_learning_rate: float
+    adapt_steps: int | None
+    adapt_keep: float | None
+    slice_profile: str
+    output_format: str
+    uid_root: str | None
+    bids: str | None
+    participant_label: tuple | None
+    bids_suffix: tuple | None
+    compare: bool
+    data_dir: str
+    target_size: int
+    figure_images: int
+
+    @classmethod
+    def from_args(cls, args, inputs=None):
+        """The options of parse_args' namespace; `inputs` replaces --input (--bids' volumes)."""
+        fields = {key: value for key, value in vars(args).items() if key not in ("input", "precision")}
+        fields["axis"] = 2 if args.axis is None and not args.through_plane else args.axis
+        for key in ("participant_label", "bids_suffix"):
+            fields[key] = tuple(fields[key]) if fields[key] is not None else None
+        return cls(inputs=tuple(inputs if inputs is not None else args.input or ()),
+                   policy=modules.choose_precision(args.precision), **fields)
+
+    def views(self, kind):
+        """--ensemble, else the default for this kind of input ("nifti" or an image): constants.ENSEMBLE_*."""
+        return self.ensemble or (constants.ENSEMBLE_VOLUMES if kind == "nifti" else constants.ENSEMBLE_IMAGES)
 
 
 def add_input_output_flags(group):
@@ -292,14 +345,14 @@ class Result:
     warning: str | None = None
 
 
-def super_resolve_image(model, path, args, guard):
+def super_resolve_image(model, path, options, guard):
     """Writes <stem>_<network>_x<f>.png|tif."""
     with dataset.open_image(path) as image:
-        result, suffix, warning = image_files.super_resolve(model, image, args.batch_size,
-                                                            ensemble_for("image", args), args.edges)
+        result, suffix, warning = image_files.super_resolve(model, image, options.batch_size,
+                                                            options.views("image"), options.edges)
     factor = modules.model_upscale_factor(model)
     name = f"{stem_of(path)}_{modules.network_of(model)}_x{factor}{suffix}"
-    out_path = guard.claim(path, os.path.join(args.output_dir, name))
+    out_path = guard.claim(path, os.path.join(options.output_dir, name))
     write_atomically(out_path, lambda tmp: result.save(tmp, format="TIFF" if suffix == ".tif" else "PNG"))
     return Result(out_path, warning=warning)
 
@@ -314,7 +367,7 @@ def read_volume(item, notes):
     return volumes.load_volume(item, notes)
 
 
-def claim_outputs(item, tag, args, guard):
+def claim_outputs(item, tag, options, guard):
     """{format: output path} for a volume's result named <stem>_<tag>, each claimed from `guard`.
 
     A file is written in its own format (.nii.gz, or .mgz for MGH); a DICOM
@@ -322,35 +375,35 @@ def claim_outputs(item, tag, args, guard):
     --figures, "figure": the PNG beside them (volume_figures.py).
     """
     source = label_of(item) if isinstance(item, dicom_series.Series) else item
-    if args.bids:
-        path = bids_derivatives.output_path(args.bids, item, args.output_dir, bids_derivatives.method_label(tag))
+    if options.bids:
+        path = bids_derivatives.output_path(options.bids, item, options.output_dir, bids_derivatives.method_label(tag))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         outputs = {"nifti": path}
     elif not isinstance(item, dicom_series.Series):
-        outputs = {"nifti": os.path.join(args.output_dir, f"{stem_of(item)}_{tag}{volumes.output_suffix(item)}")}
+        outputs = {"nifti": os.path.join(options.output_dir, f"{stem_of(item)}_{tag}{volumes.output_suffix(item)}")}
     else:
-        formats = ("nifti", "dicom") if args.output_format == "both" else (args.output_format,)
+        formats = ("nifti", "dicom") if options.output_format == "both" else (options.output_format,)
         names = {"nifti": f"{item.stem}_{tag}.nii.gz", "dicom": f"{item.stem}_{tag}"}
-        outputs = {kind: os.path.join(args.output_dir, names[kind]) for kind in formats}
-    if args.figures:
-        outputs["figure"] = figure_path(item, next(iter(outputs.values())), args)
+        outputs = {kind: os.path.join(options.output_dir, names[kind]) for kind in formats}
+    if options.figures:
+        outputs["figure"] = figure_path(item, next(iter(outputs.values())), options)
     outputs = {kind: guard.claim(source, path) for kind, path in outputs.items()}
     if "dicom" in outputs:
         dicom_series.check_replaceable(outputs["dicom"])  # refused before the work, not after it
     return outputs
 
 
-def figure_path(item, output, args):
+def figure_path(item, output, options):
     """The figure of an output: <output>_planes.png beside it, or in a BIDS dataset sub-<label>/figures/<name>.png
     (where BIDS Apps keep their figures)."""
     stem = volumes.nifti_stem(output) if volumes.is_nifti(output) else os.path.basename(output)
-    if not args.bids:
+    if not options.bids:
         return os.path.join(os.path.dirname(output), f"{stem}_planes.png")
-    subject = os.path.relpath(item, args.bids).split(os.sep)[0]
-    return os.path.join(args.output_dir, subject, "figures", f"{stem}.png")  # the folder is made when written
+    subject = os.path.relpath(item, options.bids).split(os.sep)[0]
+    return os.path.join(options.output_dir, subject, "figures", f"{stem}.png")  # the folder is made when written
 
 
-def write_volume(item, image, data, out, factors, outputs, label, derivation, made_by, args, began, method):
+def write_volume(item, image, data, out, factors, outputs, label, derivation, made_by, options, began, method):
     """Writes the output `out` (stored values on the grid `factors` times finer) to each of `outputs`.
 
     A DICOM series is written with `derivation` (dicom_series.Derivation: what made it, its SliceThickness),
@@ -360,18 +413,18 @@ def write_volume(item, image, data, out, factors, outputs, label, derivation, ma
     BIDS dataset, its dataset_description names `method` (the network that ran, e.g. "ESPCN through-plane").
     """
     result = volumes.resampled_image(image, out, factors)
-    if args.bids:
-        bids_derivatives.write_description(args.bids, args.output_dir, method)
+    if options.bids:
+        bids_derivatives.write_description(options.bids, options.output_dir, method)
     for kind, path in outputs.items():
         if kind == "dicom":
             dicom_series.write_series(item, result, path, f" {label}", derivation)
         elif kind == "nifti":
-            volumes.save_image(result, path, args.gzip_level)
+            volumes.save_image(result, path, options.gzip_level)
             source = os.path.dirname(item.files[0]) if isinstance(item, dicom_series.Series) else item
             fields = provenance.record(source, factors=factors, input_image=image, output_image=result, **made_by)
-            if args.bids:  # the source sidecar's fields that still hold, and Sources as a BIDS URI
+            if options.bids:  # the source sidecar's fields that still hold, and Sources as a BIDS URI
                 fields = {**bids_derivatives.carried_sidecar(item), **fields,
-                          "Sources": [bids_derivatives.bids_uri(args.bids, item)]}
+                          "Sources": [bids_derivatives.bids_uri(options.bids, item)]}
             provenance.write_sidecar(path, fields)
     if "figure" in outputs:
         factors_text = " x ".join(f"{f:.3g}" for f in factors)
@@ -383,63 +436,63 @@ def write_volume(item, image, data, out, factors, outputs, label, derivation, ma
                                           title, outputs["figure"], volumes.scaling_of(image))
 
 
-def super_resolve_volume(model, item, args, guard):
+def super_resolve_volume(model, model_path, item, options, guard):
     """A volume file or DICOM series super-resolved in-plane, across --axis: <stem>_<network>_x<f>."""
     began = time.monotonic()
     factor = modules.model_upscale_factor(model)
-    outputs = claim_outputs(item, f"{modules.network_of(model)}_x{factor}", args, guard)
+    outputs = claim_outputs(item, f"{modules.network_of(model)}_x{factor}", options, guard)
     notes = []
     image, data = read_volume(item, notes)
-    planes = data.shape[args.axis] * (data.shape[3] if data.ndim == 4 else 1)
+    planes = data.shape[options.axis] * (data.shape[3] if data.ndim == 4 else 1)
     with tqdm(total=planes, desc=os.path.basename(outputs[next(iter(outputs))]), unit="slice", leave=False,
               disable=None) as progress:  # no bar when stderr is not a terminal
-        out, n_nan, n_inf = volumes.super_resolve_in_plane(model, image, data, args.axis, args.batch_size, progress,
-                                                           ensemble_for("nifti", args), args.edges)
+        out, n_nan, n_inf = volumes.super_resolve_in_plane(model, image, data, options.axis, options.batch_size, progress,
+                                                           options.views("nifti"), options.edges)
     # in-plane, the slices are the source's: its SliceThickness holds (through-plane writes the new spacing)
     label = f"{network_name(model)} x{factor}"
     derivation = dicom_series.Derivation(
         f"{label} in-plane super-resolution ({constants.PROJECT_NAME} "
-        f"{constants.VERSION}, model {os.path.basename(args.model_file)})", os.path.basename(args.model_file),
-        dicom_series.slice_thickness(item) if isinstance(item, dicom_series.Series) else None, args.uid_root,
+        f"{constants.VERSION}, model {os.path.basename(model_path)})", os.path.basename(model_path),
+        dicom_series.slice_thickness(item) if isinstance(item, dicom_series.Series) else None, options.uid_root,
         network_name(model))
-    made_by = {"model_path": args.model_file, "network": f"{modules.network_description(model)} x{factor} in-plane",
-               "settings": {"Precision": modules.choose_precision(args.precision),
-                            "Ensemble": ensemble_for("nifti", args), "Edges": args.edges, "SliceAxis": args.axis},
-               "slice_thickness": [derivation.slice_thickness or float(image.header.get_zooms()[args.axis])] * 2}
-    write_volume(item, image, data, out, volumes.in_plane_factors(args.axis, factor), outputs, label, derivation,
-                 made_by, args, began, f"{network_name(model)} in-plane")
+    made_by = {"model_path": model_path, "network": f"{modules.network_description(model)} x{factor} in-plane",
+               "settings": {"Precision": options.policy,
+                            "Ensemble": options.views("nifti"), "Edges": options.edges, "SliceAxis": options.axis},
+               "slice_thickness": [derivation.slice_thickness or float(image.header.get_zooms()[options.axis])] * 2}
+    write_volume(item, image, data, out, volumes.in_plane_factors(options.axis, factor), outputs, label, derivation,
+                 made_by, options, began, f"{network_name(model)} in-plane")
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return Result(", ".join(path for kind, path in outputs.items() if kind != "figure"),
                   warning=inference.join_warnings(*notes, non_finite))
 
 
-def refine_through_plane(source, item, args, guard):
+def refine_through_plane(source, item, options, guard):
     """--through-plane on a volume file or DICOM series: <stem>_<network>_through_x<F>, or with --compare figure
     and scores."""
     began = time.monotonic()
     if not isinstance(item, dicom_series.Series) and not volumes.is_nifti(item):
         raise ValueError("a 2D image: --through-plane refines volumes (NIfTI, MGH, DICOM series) between their "
                          "slices")
-    settings = through_plane_settings(args)
+    settings = refine.Settings.from_options(options)
     bar = tqdm(total=int(settings.seconds), desc=os.path.basename(label_of(item)), leave=False, disable=None,
                bar_format="{desc}: {bar} {n}/{total} s of its time")  # no bar when stderr is not a terminal
     with bar as progress:
-        if args.compare:
+        if options.compare:
             if isinstance(item, dicom_series.Series):
                 raise ValueError("--compare --through-plane takes NIfTI or MGH volumes")
-            factor = args.through_plane_factor or compare_factor(source.factors())
+            factor = options.through_plane_factor or compare_factor(source.factors())
             name = f"{stem_of(item)}_{source.network_for(factor)}_through_compare.png"
-            out_path = guard.claim(item, os.path.join(args.output_dir, name))
-            r = scoring.compare_on_volume(source, item, out_path, args.axis, factor, settings, progress)
+            out_path = guard.claim(item, os.path.join(options.output_dir, name))
+            r = scoring.compare_on_volume(source, item, out_path, options.axis, factor, settings, progress)
             return Result(out_path, f"model PSNR {r['model_psnr']:.2f} dB SSIM {r['model_ssim']:.4f} | cubic "
                                     f"spline PSNR {r['cubic_spline_psnr']:.2f} dB SSIM {r['cubic_spline_ssim']:.4f}")
         notes = []
         image, data = read_volume(item, notes)
         refine.check_volume_shape(data.shape)
-        geometry = slice_geometry_of(item, image, data, args,
-                                     None if args.through_plane_factor else source.factors())
+        geometry = slice_geometry_of(item, image, data, options,
+                                     None if options.through_plane_factor else source.factors())
         tag = through_plane_tag(geometry)
-        outputs = claim_outputs(item, f"{source.network_for(geometry.factor)}_{tag}", args, guard)
+        outputs = claim_outputs(item, f"{source.network_for(geometry.factor)}_{tag}", options, guard)
         out, prepared, n_nan, n_inf = refine.super_resolve_through_plane(source, image, data, geometry,
                                                                                 settings, progress)
     model_path = source.path_for(geometry.factor)
@@ -450,18 +503,18 @@ def refine_through_plane(source, item, args, guard):
         f"and {geometry.thickness:.4g} mm thick refined to {geometry.output_spacing():.4g} mm "
         f"({constants.PROJECT_NAME} {constants.VERSION}, model {model_file}"
         f"{', adapted to this volume' if prepared.steps else ''})", model_file,
-        geometry.output_spacing(), args.uid_root, network)  # each new slice stands for its own spacing (docs/dicom.md)
+        geometry.output_spacing(), options.uid_root, network)  # each new slice stands for its own spacing (docs/dicom.md)
     made_by = {"model_path": model_path,
                "network": f"{modules.network_description(prepared.model)} x{geometry.factor} through-plane",
-               "settings": {"Precision": modules.choose_precision(args.precision), "Ensemble": prepared.settings.flips,
-                            "Edges": args.edges, "SliceAxis": geometry.axis, "SliceProfile": settings.profile,
+               "settings": {"Precision": options.policy, "Ensemble": prepared.settings.flips,
+                            "Edges": options.edges, "SliceAxis": geometry.axis, "SliceProfile": settings.profile,
                             "ThicknessSource": geometry.thickness_source,
                             "WorkingVoxelSize": [round(z, 6) for z in geometry.working_zooms()],
                             "AdaptationSteps": prepared.steps, "AdaptationSeed": settings.seed,
                             "AdaptationKept": prepared.kept},
                "slice_thickness": (geometry.thickness, geometry.output_spacing())}
     write_volume(item, image, data, out, geometry.output_factors(), outputs, f"{network} {tag.replace('_', ' ')}",
-                 derivation, made_by, args, began, f"{network} through-plane")
+                 derivation, made_by, options, began, f"{network} through-plane")
     non_finite = inference.non_finite_warning(n_nan, n_inf, nan_kept=out.dtype.kind == "f")
     return Result(", ".join(path for kind, path in outputs.items() if kind != "figure"),
                   f"{geometry.describe()}; {prepared.note}",
@@ -476,22 +529,22 @@ def compare_factor(factors):
     return slice_geometry.nearest_factor(constants.THROUGH_PLANE_COMPARE_FACTOR, factors)
 
 
-def slice_geometry_of(item, image, data, args, shipped=None):
+def slice_geometry_of(item, image, data, options, shipped=None):
     """The slice geometry of a volume: thickness from --slice-thickness, the DICOM header or a BIDS sidecar.
 
     `shipped`: the factors the model source refines (ModelSource.factors: with
     --model quality the nearest of constants.QUALITY_THROUGH_PLANE_FACTORS, with
     a --model file its own factor) when no --through-plane-factor is given.
     """
-    thickness, source, sidecar = args.slice_thickness, "--slice-thickness", None
+    thickness, source, sidecar = options.slice_thickness, "--slice-thickness", None
     if thickness is None and isinstance(item, dicom_series.Series):
         thickness, source = dicom_series.slice_thickness(item), "DICOM SliceThickness"
     elif thickness is None:
         sidecar = slice_geometry.sidecar_path(item)
-    return slice_geometry.read_geometry(image.header.get_zooms(), data.shape, axis=args.axis,
-                                        factor=args.through_plane_factor, thickness=thickness,
+    return slice_geometry.read_geometry(image.header.get_zooms(), data.shape, axis=options.axis,
+                                        factor=options.through_plane_factor, thickness=thickness,
                                         thickness_source=source if thickness is not None else None,
-                                        sidecar=sidecar, target=args.target_spacing, shipped=shipped)
+                                        sidecar=sidecar, target=options.target_spacing, shipped=shipped)
 
 
 def through_plane_tag(geometry):
@@ -501,44 +554,32 @@ def through_plane_tag(geometry):
     return f"through_{geometry.output_spacing():.3g}mm"
 
 
-def through_plane_settings(args):
-    return refine.Settings(args.adapt, args.through_plane_seconds, args.slice_profile,
-                                  args.ensemble, edges=args.edges,
-                                  steps=args.adapt_steps, learning_rate=args.adapt_learning_rate,
-                                  batch_size=args.batch_size, keep=args.adapt_keep)
-
-
-def ensemble_for(kind, args):
-    """--ensemble, else the default for this kind of input ("nifti" or an image): constants.ENSEMBLE_*."""
-    return args.ensemble or (constants.ENSEMBLE_VOLUMES if kind == "nifti" else constants.ENSEMBLE_IMAGES)
-
-
-def compare(model, path, args, guard):
+def compare(model, path, options, guard):
     name = f"{stem_of(path)}_{modules.network_of(model)}_compare.png"
-    out_path = guard.claim(path, os.path.join(args.output_dir, name))
-    ensemble = ensemble_for(kind_of(path), args)
-    return Result(out_path, evaluation.compare_on_input(model, path, out_path, args.axis, ensemble, args.edges))
+    out_path = guard.claim(path, os.path.join(options.output_dir, name))
+    ensemble = options.views(kind_of(path))
+    return Result(out_path, evaluation.compare_on_input(model, path, out_path, options.axis, ensemble, options.edges))
 
 
-def in_plane_handler(model, args):
+def in_plane_handler(model, model_path, options):
     """The function that super-resolves one input in-plane with `model` (or compares, with --compare)."""
     def handle(item, guard):
         if isinstance(item, dicom_series.Series) or kind_of(item) == "nifti":
-            if args.compare:
+            if options.compare:
                 if isinstance(item, dicom_series.Series):
                     raise ValueError("--compare takes images and NIfTI or MGH volumes")
-                return compare(model, item, args, guard)
-            return super_resolve_volume(model, item, args, guard)
-        if args.compare:
-            return compare(model, item, args, guard)
-        return super_resolve_image(model, item, args, guard)
+                return compare(model, item, options, guard)
+            return super_resolve_volume(model, model_path, item, options, guard)
+        if options.compare:
+            return compare(model, item, options, guard)
+        return super_resolve_image(model, item, options, guard)
 
     return handle
 
 
-def through_plane_handler(source, args):
+def through_plane_handler(source, options):
     """The function that refines one input between its slices, with models from `source` (one per factor)."""
-    return lambda item, guard: refine_through_plane(source, item, args, guard)
+    return lambda item, guard: refine_through_plane(source, item, options, guard)
 
 
 def process_input(handle, item, guard):
@@ -551,13 +592,13 @@ def process_input(handle, item, guard):
     return handle(item, guard)
 
 
-def run_on_inputs(handle, args):
+def run_on_inputs(handle, options):
     """Super-resolves every input; a bad file or series is reported and skipped. Returns the exit code."""
-    items, notes = expand_inputs(args.input)
+    items, notes = expand_inputs(options.inputs)
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     if not items:
-        raise ValueError(f"--input {' '.join(args.input)}: no supported files found")
+        raise ValueError(f"--input {' '.join(options.inputs)}: no supported files found")
     failures = 0
     inputs = [file for item in items for file in (item.files if isinstance(item, dicom_series.Series) else [item])]
     guard = OutputGuard(path for path in inputs if os.path.exists(path))
@@ -603,24 +644,20 @@ def main(argv=None):
     try:
         check_output_dir(args.output_dir)
         remove_dead_partials(args.output_dir)  # what a killed run left (a DICOM series: patient data)
-        if args.bids:
-            args.input = bids_inputs(args)
-        if args.through_plane:  # its models depend on each volume's factor: model_source.ModelSource
-            source = model_source.ModelSource(args.model, args.precision)
-            print(f"model: {source.describe()}, precision: {modules.choose_precision(args.precision)}")
-            return run_on_inputs(through_plane_handler(source, args), args)
-        default = constants.DEFAULT_NETWORK if args.input else constants.SEED_NETWORK
-        model_path, origin = model_files.in_plane_model(args.model, args.output_dir, default)
-        args.model_file = model_path
-        model = inference.load_model(model_path, args.precision)
-        print(f"model: {network_name(model)}, {model_path} ({origin}), "
-              f"precision: {modules.choose_precision(args.precision)}")
-        if args.input:
-            return run_on_inputs(in_plane_handler(model, args), args)
-
-        dataset.prepare_data_dir(args.data_dir)
-        evaluation.run_evaluation(model, args.data_dir, args.output_dir, args.batch_size, args.target_size,
-                                  args.figure_images, ensemble_for("image", args), args.edges)
+        options = Options.from_args(args, bids_inputs(args) if args.bids else None)
+        if options.through_plane:  # its models depend on each volume's factor: model_source.ModelSource
+            deterministic_ops()  # adaptation gives the same voxels on every run
+            source = model_source.ModelSource(options.model, options.policy)
+            print(f"model: {source.describe()}, precision: {options.policy}")
+            return run_on_inputs(through_plane_handler(source, options), options)
+        default = constants.DEFAULT_NETWORK if options.inputs else constants.SEED_NETWORK
+        model_path, origin = model_files.in_plane_model(options.model, options.output_dir, default)
+        model = inference.load_model(model_path, options.policy)
+        print(f"model: {network_name(model)}, {model_path} ({origin}), precision: {options.policy}")
+        if options.inputs:
+            return run_on_inputs(in_plane_handler(model, model_path, options), options)
+        dataset.prepare_data_dir(options.data_dir)
+        evaluation.run_evaluation(model, options)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

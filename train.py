@@ -353,8 +353,7 @@ def plan_batches(args, n_images, replicas):
 def make_optimizer(args, steps_per_epoch, replicas, policy):
     learning_rate = args.learning_rate * replicas  # linear scaling with the global batch
     if args.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=max(1, args.epochs * steps_per_epoch), alpha=constants.LR_FLOOR)
+        learning_rate = modules.cosine_schedule(learning_rate, args.epochs * steps_per_epoch)
     return modules.adam(learning_rate, policy)
 
 

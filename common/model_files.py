@@ -5,8 +5,9 @@ file.  Without it, a model that train.py wrote into --output-dir is preferred
 (its name says its network: constants.TRAINED_IN_PLANE), else the shipped
 model of the job's default network: constants.DEFAULT_NETWORK for the user's
 scans, constants.SEED_NETWORK for the seed's evaluation of the test split.
-Through-plane models are chosen per factor by through_plane.model_source.ModelSource from
-the shipped names (a trained through-plane model is given with --model).
+Through-plane, the network of each factor is chosen here too
+(through_plane_network) and loaded by through_plane.model_source.ModelSource (a
+trained through-plane model is given with --model).
 """
 import os
 
@@ -61,6 +62,16 @@ def in_plane_model(model_arg, output_dir, default=constants.DEFAULT_NETWORK):
         if os.path.exists(trained):
             return trained, f"trained into {output_dir}, preferred to the shipped models"
     return existing_shipped(default), f"the shipped {label(default)}, the default"
+
+
+def through_plane_network(model_arg, factor):
+    """The shipped network that refines through-plane x`factor` for --model `model_arg` (a network's name or
+    None; a file's network is read from the file): the one named, else the default network, else, where the
+    default does not ship this factor (the quality network ships constants.QUALITY_THROUGH_PLANE_FACTORS),
+    the ESPCN, which ships every factor of constants.THROUGH_PLANE_FACTORS."""
+    if model_arg is not None or os.path.isfile(shipped_path(constants.DEFAULT_NETWORK, factor)):
+        return model_arg or constants.DEFAULT_NETWORK
+    return "espcn"
 
 
 def existing_shipped(network, factor=None):

@@ -30,4 +30,14 @@ with quiet_native_stderr():
 
     tf.config.list_physical_devices("GPU")  # looking for CUDA prints its notices here
 
-__all__ = ["keras", "tf"]
+__all__ = ["keras", "tf", "deterministic_ops"]
+
+
+def deterministic_ops():
+    """TensorFlow's kernels made deterministic (none sums in a varying order), for the rest of the process.
+
+    Through-plane adaptation needs it for the same voxels on every run; TensorFlow offers no public way
+    back, so the drivers that adapt (predict.py --through-plane, tools/adaptation_steps.py) call it once,
+    at their start, where a reader sees it, rather than deep inside adaptation.
+    """
+    tf.config.experimental.enable_op_determinism()

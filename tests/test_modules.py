@@ -147,3 +147,12 @@ def test_l1_training_step_reports_mean_absolute_error():
     expected = float(tf.reduce_mean(tf.abs(model(x) - y)))
     loss = float(modules.make_train_step(model, optimizer, strategy, jit=False, loss_name="l1")((x, y)))
     assert abs(loss - expected) < 1e-5
+
+
+def test_the_training_schedule_follows_the_one_cosine_curve():
+    """train.py's Keras schedule and the cosine that adaptation and the GPU stage use are the same curve."""
+    from common.schedules import cosine_factor
+    schedule = modules.cosine_schedule(2e-3, 40)
+    for step in (0, 1, 10, 20, 33, 40, 55):
+        assert np.isclose(float(schedule(step)), 2e-3 * cosine_factor(step / 40), rtol=1e-5), step
+    assert cosine_factor(0) == 1.0 and np.isclose(cosine_factor(1), constants.LR_FLOOR)

@@ -1,5 +1,6 @@
 """Clinical slice geometry (issue 28): the thick-slice operator, slice thickness from headers and sidecars,
 ratios that are not whole, and the same voxels on every run."""
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,7 @@ from common import slice_profiles
 import dataset
 import predict
 from scans import dicom_series
-from through_plane import slice_geometry
+from through_plane import refine, slice_geometry
 from test_dicom import a_volume, write_files
 
 
@@ -156,7 +157,10 @@ def test_two_adapted_runs_give_identical_voxels(tmp_path):
 
 def test_batch_size_reaches_through_plane_settings():
     args = predict.parse_args(["--input", "x.nii.gz", "--through-plane", "--batch-size", "5"])
-    assert predict.through_plane_settings(args).batch_size == 5
+    options = predict.Options.from_args(args)
+    assert refine.Settings.from_options(options).batch_size == 5 and options.batch_size == 5
+    with pytest.raises(dataclasses.FrozenInstanceError):  # one run's options never change once resolved
+        options.batch_size = 6
 
 
 def test_in_plane_axes_near_the_working_voxel_keep_their_own_voxels():

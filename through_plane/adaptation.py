@@ -12,6 +12,7 @@ import numpy as np
 import constants
 import modules
 from common import slice_profiles
+from common.schedules import cosine_factor
 from common.tensorflow_env import keras, tf
 
 
@@ -71,8 +72,10 @@ def adapt(start, planes, factor, thickness_ratio, *, steps, deadline, settings, 
     `precision` (a --precision value: auto is bfloat16 on CPUs with AVX-512
     BF16 or AMX, where a step on 16 crops of 64x64 took 26 ms against 29-50 ms
     in float32 on the 2-core AMD EPYC).  Every random draw comes from
-    settings.seed, and the learning rate decays by a cosine over the steps,
-    so the result depends on the volume and the settings alone.
+    settings.seed, and the learning rate decays by a cosine over the steps
+    (common.schedules), so with TensorFlow's ops deterministic (the caller's
+    common.tensorflow_env.deterministic_ops) the result depends on the volume
+    and the settings alone.
 
     Args:
         start: the model to start from (its weights), or None to train from scratch.
@@ -95,7 +98,6 @@ def adapt(start, planes, factor, thickness_ratio, *, steps, deadline, settings, 
         (model, number of training steps, why it stopped: "validation", "time" or "steps").
     """
     policy = modules.choose_precision(precision)
-    tf.config.experimental.enable_op_determinism()  # kernels that could sum in a varying order no longer do
     keras.utils.set_random_seed(settings.seed)  # a model trained from scratch starts from the same weights
     # a copy of the starting network (ESPCN or quality) to train, or a fresh ESPCN
     model = modules.inference_model(start, precision) if start is not None else \
@@ -110,8 +112,7 @@ def adapt(start, planes, factor, thickness_ratio, *, steps, deadline, settings, 
     began = time.monotonic() if began is None else began
     done = 0
     while done < steps and stale < settings.patience and time.monotonic() < deadline:
-        cosine = 0.5 * (1 + np.cos(np.pi * done / steps))
-        optimizer.learning_rate.assign(base_rate * (constants.LR_FLOOR + (1 - constants.LR_FLOOR) * cosine))
+        optimizer.learning_rate.assign(base_rate * cosine_factor(done / steps))
         step(tuple(tf.constant(array) for array in crops.batch(settings.batch_size or constants.ADAPT_BATCH_SIZE)))
         done += 1
         if done % constants.ADAPT_CHECK_STEPS == 0:

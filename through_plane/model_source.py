@@ -63,9 +63,7 @@ class ModelSource:
         """The network that refines `factor` ("espcn" or "quality"), read from a --model file."""
         if self.model_path:
             return modules.network_of(self.cache[self.model_file_factor()][0])
-        if self.chosen or os.path.isfile(model_files.shipped_path(self.network, factor)):
-            return self.network
-        return "espcn"  # the default network does not ship this factor: the ESPCN's stands in
+        return model_files.through_plane_network(self.network if self.chosen else None, factor)
 
     def path_for(self, factor):
         """The model file for `factor`: the --model file, or the shipped one (which may not exist)."""

@@ -133,6 +133,14 @@ class Settings:
         self.batch_size = batch_size  # --batch-size: inference inputs per batch and crops per adaptation step
         self.keep = keep  # the share of adaptation's weight change kept; None = the network's default
 
+    @classmethod
+    def from_options(cls, options):
+        """The settings of predict.py's Options: its --through-plane flags (None: the network's preset)."""
+        return cls(adapt=options.adapt, seconds=options.through_plane_seconds, profile=options.slice_profile,
+                   flips=options.ensemble, edges=options.edges, steps=options.adapt_steps,
+                   learning_rate=options.adapt_learning_rate, batch_size=options.batch_size,
+                   keep=options.adapt_keep)
+
     def for_network(self, network, ratio=None):
         """These settings with the network's own flips, adaptation steps and kept share where no flag set them.
 

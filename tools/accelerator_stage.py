@@ -64,6 +64,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from common.atomic_files import write_atomically  # noqa: E402  (likewise)
 from common import slice_profiles  # noqa: E402  (numpy and constants only)
+from common.schedules import cosine_factor  # noqa: E402  (math and constants only)
 import constants  # noqa: E402  (standard library only: no TensorFlow on the GPU machine)
 # a linear warm-up over the first 3% of the time: Adam's first steps move every weight by about the full rate,
 # and from a trained start that cost 0.3 dB of validation in 6 steps (CPU smoke run, batch 4)
@@ -362,9 +363,7 @@ def stage_inputs(args):
 
 def learning_rate_at(share, peak):
     """The rate at `share` (0-1) of the time budget: a linear warm-up, then a cosine to constants.LR_FLOOR x peak."""
-    warm_up = min(1.0, share / WARM_UP_SHARE)
-    floor = constants.LR_FLOOR  # train.py's cosine ends there too
-    return peak * warm_up * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(share, 1.0))))
+    return peak * min(1.0, share / WARM_UP_SHARE) * cosine_factor(share)  # train.py's cosine, the same floor
 
 
 def check_patch(patch, factors):

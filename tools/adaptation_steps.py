@@ -31,6 +31,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common.cli import unit_share  # noqa: E402
+from common.tensorflow_env import deterministic_ops  # noqa: E402
 import constants  # noqa: E402
 import inference  # noqa: E402
 import modules  # noqa: E402
@@ -107,6 +108,7 @@ def main(argv=None):
                         help="a through-plane model instead of pretrained/ (one factor), or quality: the shipped "
                              "quality networks")
     args = parser.parse_args(argv)
+    deterministic_ops()  # as predict.py --through-plane: the same voxels on every run
     with open(os.path.join(args.tree, "split.json")) as f:
         thick = json.load(f)["thick"]
     unknown = [h for h in args.heads if h not in thick]
