@@ -29,7 +29,7 @@ default network, timed end to end as a user runs it (a new process:
 TensorFlow's start-up, reading, adaptation, inference, writing and the
 figure), on a clinical 2D acquisition made from the phantom: 3 mm coronal-like
 slices of 0.875 mm pixels, 256x256x60 (a spacing / pixel ratio of 3.4, refined
-x3 on a 1 mm grid), and 5 mm slices 6 mm apart of 0.45 mm zero-filled pixels,
+x3, its pixels within 1.2x of the 1 mm working voxel kept), and 5 mm slices 6 mm apart of 0.45 mm zero-filled pixels,
 512x512x30 (ratio 13.3; --skip-through-plane: not).
 With --json the last line printed is one JSON object with the results.
 """

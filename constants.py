@@ -198,13 +198,13 @@ TENSORBOARD_IMAGES = 3
 # --through-plane-factor is not given (4 mm slices from a 1 mm volume); with a
 # --model file or network of other factors, the nearest of them.
 THROUGH_PLANE_COMPARE_FACTOR = 4
-# The factors of the shipped through-plane models (pretrained/): a volume's
+# The factors of the shipped through-plane ESPCNs (pretrained/): with --model espcn a volume's
 # slice spacing / in-plane voxel, rounded into this range, is the factor the
 # network works at (slice_geometry.py); below THROUGH_PLANE_MIN_RATIO a volume
 # is nearly isotropic and refused unless --through-plane-factor is given.
 THROUGH_PLANE_FACTORS = (2, 6)
 # The factors the quality network ships through-plane (pretrained/quality_through_x<F>.keras).
-# With --model quality and no --through-plane-factor, a volume whose ratio has no quality file
+# With the quality network (the default) and no --through-plane-factor, a volume whose ratio has no quality file
 # is refined at the nearest of these (ties: the larger), on a working grid of spacing / F: on
 # issue 28's clinical cases (../shared/bench/clinical_geometry.py; 5 and 6 mm slices, ratios 5
 # and 14) the quality network at x4 gained +2.10 and +1.68 dB over cubic B-spline where the

@@ -11,7 +11,7 @@ usage:
       high-resolution original instead: downsampled x4, then bicubic vs model
       vs original in a figure <stem>_<network>_compare.png.
   python predict.py --input VOLUME [...] --through-plane --output-dir DIR
-      Refines thick-slice volumes between their slices (through_plane.py):
+      Refines thick-slice volumes between their slices (through_plane/refine.py):
       <stem>_<network>_through_x<F>.nii.gz; with --compare, thick slices are made from
       each (fine) volume and the model is scored against cubic B-spline.
   python predict.py --input SERIES_DIR [...] --output-dir DIR [--output-format nifti|dicom|both]
@@ -19,8 +19,8 @@ usage:
       or --through-plane, written as NIfTI, as a new DICOM series, or both.
       FreeSurfer .mgz/.mgh volumes are taken like NIfTI and written as .mgz.
 
-Without --model, a model train.py wrote into --output-dir is used if there is
-one, else the shipped quality network for the user's scans (--input, --bids:
+Without --model, an in-plane model train.py wrote into --output-dir is used if
+there is one (a trained through-plane model is given with --model), else the shipped quality network for the user's scans (--input, --bids:
 sharper than the ESPCN on average on every set of real scans measured; --model espcn for the
 faster seed's network) and the shipped ESPCN for the seed's evaluation of the
 test split (model_files.py).  Beside each volume output goes a PNG of its three
@@ -212,12 +212,13 @@ def add_through_plane_flags(group):
                        help="NIfTI: refine thick slices into fine ones (between the slices) instead of in-plane")
     group.add_argument("--through-plane-factor", type=upscale_factor, default=None,
                        help="the model's factor: it refines slices this many times on an in-plane grid of "
-                            "spacing / factor mm; by default slice spacing / in-plane voxel size, rounded into "
-                            f"{constants.THROUGH_PLANE_FACTORS[0]}..{constants.THROUGH_PLANE_FACTORS[1]}, the "
-                            f"shipped models (with --model quality the nearest of "
-                            f"{', '.join(map(str, constants.QUALITY_THROUGH_PLANE_FACTORS))}, with a --model file "
-                            f"its own factor; with --compare {constants.THROUGH_PLANE_COMPARE_FACTOR} or the "
-                            "nearest of those)")
+                            "spacing / factor mm; by default slice spacing / in-plane voxel size taken to the "
+                            "nearest factor the network ships: "
+                            f"{', '.join(map(str, constants.QUALITY_THROUGH_PLANE_FACTORS))} for the quality "
+                            "network (the default), rounded into "
+                            f"{constants.THROUGH_PLANE_FACTORS[0]}..{constants.THROUGH_PLANE_FACTORS[1]} with "
+                            "--model espcn, a --model file's own; with --compare "
+                            f"{constants.THROUGH_PLANE_COMPARE_FACTOR} or the nearest of those")
     group.add_argument("--slice-thickness", type=positive_float, default=None, metavar="MM",
                        help="the slices' thickness; by default the DICOM header's SliceThickness, or SliceThickness "
                             "of the BIDS sidecar <stem>.json beside a NIfTI, else the slice spacing")

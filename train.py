@@ -4,7 +4,8 @@ usage: python train.py [--data-dir DIR] [--output-dir DIR] [--epochs N] [--batch
 
 Writes <output-dir>/espcn.keras (best validation loss; quality.keras with
 --network quality, <network>_through_x<F>.keras with --through-plane-factor
-F), which predict.py then prefers to the shipped models, history.csv, and the
+F; predict.py prefers an in-plane one there to the shipped models, and takes a
+through-plane one with --model), history.csv, and the
 two training plots (psnr.png, loss.png).  With the default --data-dir and no
 data there, it first builds the embedded MNI152 sample.  An interrupted run
 (Ctrl-C, SIGTERM, kill -9) resumes from its last completed epoch when the same

@@ -78,5 +78,5 @@ def existing_shipped(network, factor=None):
     """shipped_path, or ValueError naming the missing file."""
     path = shipped_path(network, factor)
     if not os.path.isfile(path):
-        raise ValueError(f"--model {network}: its shipped file {shipped_name(network, factor)} is missing")
+        raise ValueError(f"the shipped {label(network)} ({shipped_name(network, factor)}) is missing")
     return path

@@ -1,7 +1,7 @@
 """TensorFlow and Keras, imported once, with this project's environment.
 
 Every project file gets TensorFlow and Keras from here
-(`from tensorflow_env import keras, tf`), never by `import tensorflow` or
+(`from common.tensorflow_env import keras, tf`), never by `import tensorflow` or
 `import keras` (tests/test_layout.py checks it), because TensorFlow reads two
 settings only once, when it is first imported:
 

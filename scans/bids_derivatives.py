@@ -118,8 +118,8 @@ def write_description(bids_dir, out_dir, method):
     except (OSError, ValueError):
         description = None
     if isinstance(description, dict):
-        if generated in description.get("GeneratedBy", []):
-            return path
+        if description.get("DatasetType") != "derivative" or generated in description.get("GeneratedBy", []):
+            return path  # another dataset's description is never touched
         description["GeneratedBy"] = list(description.get("GeneratedBy", [])) + [generated]
     else:
         description = {

@@ -43,7 +43,8 @@ def record(source, model_path, network, factors, settings, input_image, output_i
 
     Args:
         source: the input (a path, or a DICOM series' folder).
-        model_path: the .keras file the model came from; network: its kind in words.
+        model_path: the .keras file the model came from (none where it was trained from scratch on the volume);
+            network: its kind in words.
         factors: per-axis factors of the output grid against the input's.
         settings: {name: value} of what else decided the output (precision, ensemble, edges, adaptation...).
         input_image, output_image: the nibabel images (their voxel sizes are recorded).
@@ -52,7 +53,9 @@ def record(source, model_path, network, factors, settings, input_image, output_i
     fields = {
         "Sources": [os.path.abspath(source)],
         "GeneratedBy": {"Name": constants.PROJECT_NAME, "Version": constants.VERSION},
-        "Model": {"File": os.path.abspath(model_path), "SHA256": file_sha256(model_path), "Network": network},
+        "Model": {"File": os.path.abspath(model_path) if os.path.isfile(model_path) else None,  # None: trained
+                  "SHA256": file_sha256(model_path) if os.path.isfile(model_path) else None,  # on the volume alone
+                  "Network": network},
         "Factors": [round(float(f), 6) for f in factors],
         **settings,
         "InputVoxelSize": voxel_sizes(input_image),

@@ -59,6 +59,8 @@ def save_planes_figure(input_data, output_data, output_affine, output_zooms, tit
         output_scaling: (slope, inter) turning the output's stored values into the input's units.
     """
     orientation = nib.orientations.io_orientation(output_affine)
+    if np.isnan(orientation).any():  # a singular affine places no axis: show the voxel axes as they are
+        orientation = np.array([[0, 1], [1, 1], [2, 1]], float)
     slope, inter = output_scaling
     rows = {"input": centre_planes(input_data, output_data.shape),
             "output": {axis: plane.astype(np.float32) * slope + inter

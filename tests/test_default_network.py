@@ -319,3 +319,16 @@ def test_auto_precision_leaves_bfloat16_where_onednn_is_capped_below_it(monkeypa
     assert modules.choose_precision("auto") == "float32"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert modules.choose_precision("auto") == "mixed_bfloat16"
+
+
+def test_a_singular_affine_still_gets_its_figure(tmp_path):
+    """An affine with a zero column (sform-only files can carry one) orients no axis: the figure shows the voxel
+    axes as they are instead of failing the input after its volume was written."""
+    from scans import volume_figures
+    data = smooth_head((16, 12, 4), 3)
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    affine[:3, 1] = 0.0
+    path = volume_figures.save_planes_figure(data, np.repeat(data, 2, axis=2), affine, (1.0, 1.0, 1.5), "odd",
+                                             str(tmp_path / "odd.png"))
+    with Image.open(path) as figure:
+        assert figure.format == "PNG" and figure.size[0] > figure.size[1]

@@ -8,9 +8,10 @@ finer than they acquired, so S / p runs from about 1.5 to 15.
 
 The shipped through-plane models refine by a whole factor F of 2 to 6 on an
 isotropic grid.  So the network works on a *working grid*: the slice axis as
-acquired, the in-plane axes resampled to w = S / F (F = S / p rounded, within
-2..6; with --model quality the nearest of the factors it ships, 3 and 4; with
-a --model file, the file's own factor):
+acquired, the in-plane axes resampled to w = S / F where they are more than
+1.2x from it (constants.WORKING_GRID_TOLERANCE; F = S / p taken to the nearest
+factor the network ships: 3 or 4 for the quality network, the default; with
+--model espcn rounded within 2..6; with a --model file, the file's own factor):
 there the thick slices are F working voxels apart and T / w thick, the
 geometry the model is adapted to.  Its estimate is then resampled onto the
 *output grid*, the input's own in-plane voxels and slices `target` mm apart

@@ -14,6 +14,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -33,6 +34,7 @@ def gains(model, originals, work_dir, precision):
         Image.fromarray(area_downsample(original)).save(path)
         inputs.append(path)
     out_dir = os.path.join(work_dir, "out_" + os.path.basename(model or "default").replace(".keras", ""))
+    shutil.rmtree(out_dir, ignore_errors=True)  # outputs name their network: none of an earlier run may be read
     run_predict(model, inputs, out_dir, precision)
     found = {}
     for name, original in originals.items():

@@ -33,6 +33,7 @@ import glob
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -175,6 +176,7 @@ def score(model, work_dir, extra_real=(), precision=None):
         Image.fromarray(area_downsample(image)).save(path)
         inputs.append(path)
     out_dir = os.path.join(work_dir, "out")
+    shutil.rmtree(out_dir, ignore_errors=True)  # outputs name their network: none of an earlier run may be read
     run_predict(model, inputs, out_dir, precision)
     rows = []
     for name, original in originals.items():
