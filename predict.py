@@ -144,7 +144,7 @@ def add_input_output_flags(group):
                        help="compression of .nii.gz and .mgz outputs (ISA-L's levels: 3 is smallest and slowest)")
     group.add_argument("--model", default=None,
                        help="quality: the shipped quality network, the default for your scans, as it is the "
-                            "sharper (+2.41 dB over bicubic on 16 real slices against the ESPCN's +1.72; +2.99 dB "
+                            "sharper (+2.43 dB over bicubic on 12 real slices against the ESPCN's +1.70; +2.99 dB "
                             "over cubic B-spline through-plane on held-out heads against +2.13); espcn: the seed's "
                             "ESPCN, faster (a 256x256x180 volume in 7 s against 49 s on a 2-core AVX2 CPU); or a "
                             f".keras file.  Default: a model train.py wrote into --output-dir "
