@@ -17,6 +17,13 @@ def tiny_tree(tmp_path):
     return write_tree(tmp_path / "AD_NC")
 
 
+def import_tool(monkeypatch, name):
+    """tools/<name>.py imported as a module, as its own folder sees it (tools import each other by name)."""
+    import importlib
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    return importlib.import_module(name)
+
+
 def run_script(*args, timeout=600, cwd=None, env=None):
     """Runs a project script in a subprocess; returns CompletedProcess (text)."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}

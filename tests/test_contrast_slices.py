@@ -1,19 +1,14 @@
 """tools/contrast_slices.py: a clinical scan's slices in its acquisition plane, on its own robust range."""
-import importlib
-import os
-
 import numpy as np
 import pytest
 
+from conftest import import_tool
 from scans import volumes
-
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
 
 @pytest.fixture
 def contrast_slices(monkeypatch):
-    monkeypatch.syspath_prepend(TOOLS)
-    return importlib.import_module("contrast_slices")
+    return import_tool(monkeypatch, "contrast_slices")
 
 
 def test_slices_lie_across_the_thickest_axis_on_the_scans_robust_range(contrast_slices):

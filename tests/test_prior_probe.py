@@ -1,21 +1,18 @@
 """tools/prior_probe.py: a model fine-tuned briefly on the other slices of a scan, or on heads made to look like it."""
-import importlib
 import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import area_downsample
 from common.tensorflow_env import keras
+from conftest import area_downsample, import_tool
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
 
 @pytest.fixture
 def probe(monkeypatch):
-    monkeypatch.syspath_prepend(TOOLS)
-    return importlib.import_module("prior_probe")
+    return import_tool(monkeypatch, "prior_probe")
 
 
 def write_volume(path, depth=7):

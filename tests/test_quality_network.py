@@ -6,13 +6,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from common import model_files
 import inference
 import modules
-from through_plane import adaptation
-from through_plane import refine
-from conftest import run_script, write_tree
+from common import model_files
 from common.tensorflow_env import keras
+from conftest import import_tool, run_script, write_tree
+from through_plane import adaptation, refine
 
 
 def small_quality(factor=4, one_d=False, blocks=2, dtype="float32"):
@@ -212,10 +211,7 @@ def test_quality_through_plane_takes_the_nearest_shipped_factor_for_thick_clinic
 
 def accelerator_stage_tool(monkeypatch):
     """tools/accelerator_stage.py as a module (tools/ on sys.path for this test only)."""
-    import importlib
-
-    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-    return importlib.import_module("accelerator_stage")
+    return import_tool(monkeypatch, "accelerator_stage")
 
 
 @pytest.mark.parametrize("factor, one_d", [(4, False), (3, True)])

@@ -1,5 +1,4 @@
 """tools/real_slices.py: the real heads' slices as an image tree, at their own voxel size or coarsened."""
-import importlib
 import os
 
 import nibabel as nib
@@ -7,15 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import import_tool
 from scans import volumes
-
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
 
 @pytest.fixture
 def real_slices(monkeypatch):
-    monkeypatch.syspath_prepend(TOOLS)
-    return importlib.import_module("real_slices")
+    return import_tool(monkeypatch, "real_slices")
 
 
 def write_heads(tree):
