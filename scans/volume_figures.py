@@ -14,20 +14,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from common.atomic_files import write_atomically
+from scans import volumes
 
 PLANE_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}  # by the world axis (RAS) each plane holds fixed
-
-
-def nearest_indices(n_in, n_out):
-    """For each of `n_out` voxels over the extent of `n_in` voxels, the input voxel its centre lies in."""
-    return np.minimum(n_in - 1, ((np.arange(n_out) + 0.5) * n_in / n_out).astype(int))
 
 
 def centre_planes(data, shape_out=None):
     """{voxel axis: the plane through the centre across it} of a 3D array, taken on the grid `shape_out`
     (the array's own by default) by nearest voxel."""
     shape_out = shape_out or data.shape
-    maps = [nearest_indices(n, m) for n, m in zip(data.shape, shape_out)]
+    maps = [volumes.nearest_indices(n, m) for n, m in zip(data.shape, shape_out)]
     planes = {}
     for axis in range(3):
         others = [k for k in range(3) if k != axis]

@@ -125,6 +125,11 @@ def robust_range(data):
 
 # --- Grids -----------------------------------------------------------------------
 
+def nearest_indices(n_in, n_out):
+    """For each of `n_out` voxels over the extent of `n_in` voxels, the input voxel its centre lies in."""
+    return np.minimum(n_in - 1, ((np.arange(n_out) + 0.5) * n_in / n_out).astype(int))
+
+
 def resampled_affine(affine, factors):
     """The affine of the grid `factors[k]` times finer along axis k, covering the same world extent."""
     step = np.eye(4)

@@ -285,5 +285,4 @@ def super_resolve_through_plane(source, image, data, geometry, settings, progres
 def nearest_mask(mask, geometry):
     """A mask of the input grid carried onto the output grid: each output slice takes its nearest input slice's."""
     n, m = geometry.shape[geometry.axis], geometry.output_slices()
-    nearest = np.minimum(n - 1, ((np.arange(m) + 0.5) * n / m).astype(int))
-    return np.take(mask, nearest, axis=geometry.axis)
+    return np.take(mask, volumes.nearest_indices(n, m), axis=geometry.axis)
