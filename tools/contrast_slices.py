@@ -1,7 +1,8 @@
 """Clinical contrasts as 2D slices: FLAIR, T2 and EPI scans split by subject, for training and for scoring.
 
 usage:
-  python tools/contrast_slices.py --ms GITDIR --dcm-qa GITDIR --functional GITDIR [--output-dir data/contrasts]
+  python tools/contrast_slices.py --ms GITDIR --dcm-qa GITDIR --functional GITDIR [--philips-dwi GITDIR]
+      [--output-dir data/contrasts]
 
 The sources (allowed for the clinical-contrast networks; the project itself downloads nothing), each a bare
 git directory (the `fetch` snapshot) read at HEAD:
@@ -11,6 +12,10 @@ git directory (the `fetch` snapshot) read at HEAD:
                 fMRI_MB_); the spherical-phantom series (names with PEres, PFOV or BW) are left out
   --functional  github.com/datalad/example-dicom-functional (PDDL): BOLD EPI of one subject, DICOM, read with
                 the project's own reader (scans/dicom_series.py); its first --functional-volumes volumes
+  --philips-dwi github.com/neurolabusc/dcm_qa_philips_dwi (BSD-2; optional): diffusion EPI of one human head,
+                2 mm, 5 volumes of b = 0 and 12 of b = 1000, classic gzip-compressed DICOM; each volume is the
+                slices of one (b-value number, gradient number) pair of Philips' private tags (2005,1412) and
+                (2005,1413), as the dataset's README describes; training only (no second subject)
 Each scan's slices in its acquisition plane (the plane of its two finest axes: fine in 2D clinical scans) are
 written as 8-bit greyscale PNG on the scan's own 0.5-99.5 percentile range (volumes.robust_range, as
 predict.py scales a volume), every --step-th slice holding at least --min-tissue of tissue:
@@ -18,9 +23,11 @@ predict.py scales a volume), every --step-th slice holding at least --min-tissue
   <output-dir>/test/<contrast>/<subject>_<scan>_<index>.png    held-out subjects: the MS patients of --test-ms
                                                                and the functional subject (EPI), three slices
                                                                a scan near its middle
+  <output-dir>/test_volumes/<subject>_<scan>.nii.gz  the held-out MS scans themselves (tools/contrast_through_check.py)
 and <output-dir>/split.json.  Scored by tools/contrast_check.py.  The data is not committed (data/ is git-ignored).
 """
 import argparse
+import gzip
 import io
 import json
 import os
@@ -116,12 +123,37 @@ def functional_volumes(source, count):
     return found
 
 
+def philips_dwi_volumes(source):
+    """[(name, (n, h, w) volume)] of the Philips DWI series: its classic slices grouped into volumes by the
+    private b-value and gradient numbers (2005,1412) and (2005,1413), each volume's slices in order along the
+    slice normal."""
+    groups = {}
+    for name in source.names():
+        if not (name.startswith("In/cl/DICOM/") and name.endswith(".gz")):
+            continue
+        data = source.read(name)
+        if data is None:
+            continue
+        header = pydicom.dcmread(io.BytesIO(gzip.decompress(data)), force=True)
+        if "PixelData" not in header or (0x2005, 0x1412) not in header:
+            continue  # the presentation state and the DICOMDIR-like files hold no slice
+        row, column = np.reshape(np.asarray(header.ImageOrientationPatient, float), (2, 3))
+        position = float(np.dot(np.asarray(header.ImagePositionPatient, float), np.cross(row, column)))
+        pixels = header.pixel_array.astype(np.float32) * float(header.get("RescaleSlope", 1) or 1) \
+            + float(header.get("RescaleIntercept", 0) or 0)
+        key = (int(header[0x2005, 0x1412].value), int(header[0x2005, 0x1413].value))
+        groups.setdefault(key, []).append((position, pixels))
+    return [(f"philipsdwi_b{b}_g{g}", np.stack([p for _, p in sorted(slices, key=lambda s: s[0])]))
+            for (b, g), slices in sorted(groups.items())]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--ms", required=True, help="muschellij2/open_ms_data's bare git directory")
     parser.add_argument("--dcm-qa", required=True, help="neurolabusc/dcm_qa's bare git directory")
     parser.add_argument("--functional", required=True, help="datalad/example-dicom-functional's bare git directory")
+    parser.add_argument("--philips-dwi", default=None, help="neurolabusc/dcm_qa_philips_dwi's bare git directory")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "data", "contrasts"))
     parser.add_argument("--test-ms", nargs="+", default=["patient04", "patient19"],
                         help="MS patients held out for scoring (by subject)")
@@ -143,6 +175,11 @@ def main(argv=None):
             continue
         image = load_bytes(data, ".nii.gz")
         split = "test" if patient in args.test_ms else "train"
+        if split == "test":
+            os.makedirs(os.path.join(args.output_dir, "test_volumes"), exist_ok=True)
+            with open(os.path.join(args.output_dir, "test_volumes", os.path.basename(path).replace(
+                    "study", f"{patient}_study")), "wb") as f:
+                f.write(data)
         add(split, contrast, write_scan(args.output_dir, split, contrast, f"{patient}_{study}",
                                         np.asanyarray(image.dataobj), image.header.get_zooms(), args))
     qa = Source(args.dcm_qa, mirror=True)
@@ -163,8 +200,12 @@ def main(argv=None):
         zooms = [float(z) for z in image.header.get_zooms()[:3]]
         for t, frame in enumerate(frames):
             add("test", "epi", write_scan(args.output_dir, "test", "epi", f"functional_v{v}_t{t}", frame, zooms, args))
+    if args.philips_dwi:
+        for name, volume in philips_dwi_volumes(Source(args.philips_dwi, mirror=True)):
+            add("train", "dwi", write_scan(args.output_dir, "train", "dwi", name, volume, (2.0, 2.0, 2.0), args))
     record = {"sources": {"ms": "muschellij2/open_ms_data (CC-BY)", "dcm_qa": "neurolabusc/dcm_qa (BSD-2)",
-                          "functional": "datalad/example-dicom-functional (PDDL)"},
+                          "functional": "datalad/example-dicom-functional (PDDL)",
+                          **({"philips_dwi": "neurolabusc/dcm_qa_philips_dwi (BSD-2)"} if args.philips_dwi else {})},
               "test_subjects": {"ms": args.test_ms, "epi": "the functional subject"}, "slices": counts}
     with open(os.path.join(args.output_dir, "split.json"), "w") as f:
         json.dump(record, f, indent=1)
