@@ -26,7 +26,7 @@ SEED = 1337
 # The project's name and version, written into what it derives (DICOM
 # SoftwareVersions and Manufacturer, the provenance of outputs).
 PROJECT_NAME = "brain-mri-espcn"
-VERSION = "0.30.0"
+VERSION = "0.31.0"
 # Embedded sample: slices are written as 256 wide x 240 tall 8-bit images, like
 # ADNI.  Test slices are one contiguous central axial slab; validation slices
 # are two axial slabs, one on either side of it; a gap of SAMPLE_GAP_SLICES
