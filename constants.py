@@ -270,15 +270,18 @@ SLICE_PROFILE = "box"
 #
 # "adapt_steps": adaptation takes this many steps on volumes whose working output has up to
 #   ADAPT_FULL_VOXELS voxels, proportionally fewer on larger ones (whose inference takes longer), at
-#   least ADAPT_MIN_SHARE of them (800 of the ESPCN's 2000; 40 of the quality network's 100, whose x3
-#   volumes the cap cut at 100 steps; docs/through-plane.md): a number from the volume, never from the
+#   least ADAPT_MIN_SHARE of them (800 of the ESPCN's 2000; 160 of the quality network's 400;
+#   docs/through-plane.md): a number from the volume, never from the
 #   clock, so the same input gives the same voxels on any machine at any load; the time budget above
 #   is only a cap, with a warning when it cuts adaptation short.  Every random draw of adaptation comes
 #   from ADAPT_SEED.  The ESPCN's 2000 (500 until release 0.30, with a working grid that resampled
 #   0.87 mm pixels to 1 mm and 1 mm ones to 0.87): on three held-out heads +2.13 dB mean over cubic
 #   B-spline against +1.91 with 500 steps, 41-51 s a head (2-core AMD EPYC, AVX-512 BF16); the other
 #   scanner's head gains most from the longer adaptation (docs/through-plane.md, *The working grid
-#   keeps near axes*).
+#   keeps near axes*).  The quality network's 400 (100 until release 0.31): on the same heads +3.05
+#   against +3.01 dB, on the three clinical geometries +1.97 against +1.91, 45-51 s a head and 28-30 s
+#   a clinical volume on that EPYC; on it capped to AVX2 (float32) 144 s for the largest head and
+#   81-86 s a clinical volume, inside the 180 s and 120 s budgets (docs/through-plane.md).
 #
 # "adapt_keep": how much of adaptation's change to the weights is kept: the model used is start +
 #   keep * (adapted - start), a point between the pretrained and the adapted model in weight space
@@ -298,6 +301,6 @@ SLICE_PROFILE = "box"
 #   on average to a quarter.
 NETWORK_PRESETS = {
     "espcn": {"flips": 4, "adapt_steps": 2000, "adapt_keep": 1.0, "adapt_keep_wide": 1.0},
-    "quality": {"flips": 1, "adapt_steps": 100, "adapt_keep": 0.25, "adapt_keep_wide": 1.0},
+    "quality": {"flips": 1, "adapt_steps": 400, "adapt_keep": 0.25, "adapt_keep_wide": 1.0},
 }
 WIDE_RATIO = 5.0
