@@ -2,10 +2,10 @@
 
 usage:
   python tools/contrast_through_check.py --model FILE.keras [FILE.keras ...] [--volumes data/contrasts/test_volumes]
-      [--t1-slices data/t1_slices/validation] [--step 2] [--precision auto]
+      [--t1-slices data/t1_slices/validation] [--step 2] [--precision float32]
 
-The held-out MS scans (FLAIR and T2 of patients no model trained on, written by tools/contrast_slices.py
---test-volumes) are 2D clinical scans: thick between slices, fine in-plane, so their through-plane truth does
+The held-out MS scans (FLAIR and T2 of patients no model trained on, which tools/contrast_slices.py copies
+into <output-dir>/test_volumes/) are 2D clinical scans: thick between slices, fine in-plane, so their through-plane truth does
 not exist.  Their fine in-plane axes stand in for it: each acquisition-plane slice with tissue (every
 --step-th; on the scan's robust range, as predict.py scales a volume) is made thick along its rows and, as
 a second slice, along its columns (the mean of F rows, a box with no gap, as dataset.make_thick_pair makes
@@ -53,7 +53,9 @@ def t1_planes(folder, step):
 
 
 def psnr(estimate, truth):
-    return float(10 * np.log10(1.0 / max(np.mean((np.clip(estimate, 0, 1) - truth) ** 2), 1e-12)))
+    """PSNR on [0, 1] of the estimate clipped to [0, 1]."""
+    from common import measures
+    return measures.psnr(np.clip(estimate, 0, 1), truth)
 
 
 def gain_on_plane(model, plane, factor):
