@@ -281,7 +281,7 @@ SLICE_PROFILE = "box"
 #   keeps near axes*).  The quality network's 400 (100 until release 0.31): on the same heads +3.05
 #   against +3.01 dB, on the three clinical geometries +1.97 against +1.91, 45-51 s a head and 28-30 s
 #   a clinical volume on that EPYC; on it capped to AVX2 (float32) 144 s for the largest head and
-#   81-86 s a clinical volume, inside the 180 s and 120 s budgets (docs/through-plane.md).
+#   81-87 s a clinical volume (benchmark.py), inside the 180 s and 120 s budgets (docs/through-plane.md).
 #
 # "adapt_keep": how much of adaptation's change to the weights is kept: the model used is start +
 #   keep * (adapted - start), a point between the pretrained and the adapted model in weight space

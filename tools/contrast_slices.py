@@ -137,10 +137,10 @@ def philips_dwi_volumes(source):
         header = pydicom.dcmread(io.BytesIO(gzip.decompress(data)), force=True)
         if "PixelData" not in header or (0x2005, 0x1412) not in header:
             continue  # the presentation state and the DICOMDIR-like files hold no slice
-        row, column = np.reshape(np.asarray(header.ImageOrientationPatient, float), (2, 3))
-        position = float(np.dot(np.asarray(header.ImagePositionPatient, float), np.cross(row, column)))
+        normal = dicom_series.normal_of(np.asarray(header.ImageOrientationPatient, float))
+        position = float(np.dot(np.asarray(header.ImagePositionPatient, float), normal))
         pixels = header.pixel_array.astype(np.float32) * float(header.get("RescaleSlope", 1) or 1) \
-            + float(header.get("RescaleIntercept", 0) or 0)
+            + float(header.get("RescaleIntercept", 0) or 0)  # float32 math: the slices the shipped model saw
         key = (int(header[0x2005, 0x1412].value), int(header[0x2005, 0x1413].value))
         groups.setdefault(key, []).append((position, pixels))
     return [(f"philipsdwi_b{b}_g{g}", np.stack([p for _, p in sorted(slices, key=lambda s: s[0])]))
