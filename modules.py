@@ -345,6 +345,11 @@ def evaluate_pairs(model, dataset):
 
 # /proc/cpuinfo flags of native bfloat16 math: AVX-512 BF16 and AMX.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+# Where native bfloat16 is also the faster choice (docs/performance.md, *Which CPUs get bfloat16*): AMX
+# anywhere; AVX-512 BF16 alone on AMD's cores (an EPYC: mixed bfloat16 faster than float32), not on Intel's,
+# whose two 512-bit float32 FMA units outrun its one bfloat16 dot-product unit (a 2-core Intel Xeon with
+# AVX-512 BF16 and no AMX: the quality network's inference 38 img/s in bfloat16, 90 in float32).
+BF16_FASTER_VENDORS = ("AuthenticAMD",)
 
 
 def cpuinfo_text():
@@ -366,6 +371,16 @@ def cpu_flags():
 
 # oneDNN's ISA caps (its ONEDNN_MAX_CPU_ISA variable) below which bfloat16 math is not native.
 ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+# ... and those below which AMX is not used (bfloat16 then runs on AVX-512 BF16 alone).
+ISAS_WITHOUT_AMX = ISAS_WITHOUT_BF16 + ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512")
+
+
+def cpu_vendor():
+    """The first CPU's vendor_id in /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), "" where it cannot be read."""
+    for line in cpuinfo_text().splitlines():
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
+    return ""
 
 
 def cpu_has_bf16():
@@ -376,6 +391,16 @@ def cpu_has_bf16():
     return bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 
+def bf16_is_faster():
+    """True where mixed bfloat16 outruns float32: native bfloat16 (cpu_has_bf16) with AMX units oneDNN may use,
+    or AVX-512 BF16 on a vendor of BF16_FASTER_VENDORS.  ONEDNN_MAX_CPU_ISA capped below AMX leaves an Intel
+    CPU its AVX-512 BF16 alone."""
+    if not cpu_has_bf16():
+        return False
+    amx = "amx_bf16" in cpu_flags() and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() not in ISAS_WITHOUT_AMX
+    return amx or cpu_vendor() in BF16_FASTER_VENDORS
+
+
 def has_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
@@ -383,16 +408,18 @@ def has_gpu():
 def choose_precision(name):
     """The Keras dtype policy for a --precision flag: the one place precision is decided (constants.PRECISION).
 
-    "auto" is mixed_float16 on a GPU, mixed_bfloat16 on a CPU with native
-    bfloat16 math (AVX-512 BF16 or AMX), float32 elsewhere (AVX2 CPUs emulate
-    bfloat16, slowly).  Every model is then built with this policy as its
-    explicit dtype: nothing sets Keras' global policy.
+    "auto" is mixed_float16 on a GPU, mixed_bfloat16 on a CPU where native
+    bfloat16 math is the faster (bf16_is_faster: AMX, or AVX-512 BF16 on an AMD
+    CPU), float32 elsewhere (AVX2 CPUs emulate bfloat16, slowly; Intel's
+    AVX-512 BF16 without AMX runs it slower than float32).  Every model is then
+    built with this policy as its explicit dtype: nothing sets Keras' global
+    policy.
     """
     if name != "auto":
         return name
     if has_gpu():
         return "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+    return "mixed_bfloat16" if bf16_is_faster() else "float32"
 
 
 def cosine_schedule(learning_rate, steps):

@@ -83,15 +83,18 @@ def test_predict_precision_flag_serves_the_model_in_that_precision(tmp_path, cap
     assert 0 < difference.max() <= 0.03 * 255
 
 
-@pytest.mark.parametrize("flags, gpu, expected", [
-    ("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", False, "mixed_bfloat16"),  # AMX Xeon
-    ("fpu avx2 avx512f avx512_bf16", False, "mixed_bfloat16"),  # AVX-512 BF16 EPYC
-    ("fpu avx2 fma", False, "float32"),  # AVX2 only: bfloat16 would be emulated
-    ("fpu avx2 fma", True, "mixed_float16"),  # any CPU with a GPU
-    ("", False, "float32"),  # /proc/cpuinfo unreadable
+@pytest.mark.parametrize("vendor, flags, gpu, expected", [
+    ("GenuineIntel", "fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", False, "mixed_bfloat16"),  # AMX Xeon
+    ("AuthenticAMD", "fpu avx2 avx512f avx512_bf16", False, "mixed_bfloat16"),  # AVX-512 BF16 EPYC
+    ("GenuineIntel", "fpu avx2 avx512f avx512_bf16 avx512_fp16", False, "float32"),  # Xeon, AVX-512 BF16, no AMX
+    ("AuthenticAMD", "fpu avx2 fma", False, "float32"),  # AVX2 only: bfloat16 would be emulated
+    ("GenuineIntel", "fpu avx2 fma", True, "mixed_float16"),  # any CPU with a GPU
+    ("", "", False, "float32"),  # /proc/cpuinfo unreadable
 ])
-def test_auto_precision_on_every_kind_of_machine(monkeypatch, flags, gpu, expected):
-    text = f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n" if flags else ""
+def test_auto_precision_on_every_kind_of_machine(monkeypatch, vendor, flags, gpu, expected):
+    text = (f"processor\t: 0\nvendor_id\t: {vendor}\nmodel name\t: Test CPU\nflags\t\t: {flags}\n\n"
+            "processor\t: 1\n") if flags else ""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(modules, "cpuinfo_text", lambda: text)
     monkeypatch.setattr(modules, "has_gpu", lambda: gpu)
     assert modules.choose_precision("auto") == expected
