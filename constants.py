@@ -26,7 +26,7 @@ SEED = 1337
 # The project's name and version, written into what it derives (DICOM
 # SoftwareVersions and Manufacturer, the provenance of outputs).
 PROJECT_NAME = "brain-mri-espcn"
-VERSION = "0.31.0"
+VERSION = "0.32.0"
 # Embedded sample: slices are written as 256 wide x 240 tall 8-bit images, like
 # ADNI.  Test slices are one contiguous central axial slab; validation slices
 # are two axial slabs, one on either side of it; a gap of SAMPLE_GAP_SLICES
@@ -205,11 +205,12 @@ THROUGH_PLANE_COMPARE_FACTOR = 4
 THROUGH_PLANE_FACTORS = (2, 6)
 # The factors the quality network ships through-plane (pretrained/quality_through_x<F>.keras).
 # With the quality network (the default) and no --through-plane-factor, a volume whose ratio has no quality file
-# is refined at the nearest of these (ties: the larger), on a working grid of spacing / F: on
-# issue 28's clinical cases (../shared/bench/clinical_geometry.py; 5 and 6 mm slices, ratios 5
-# and 14) the quality network at x4 gained +2.10 and +1.68 dB over cubic B-spline where the
-# ESPCN at x5 and x6 gains +1.20 and +1.18 (README, *Quality network*).
-QUALITY_THROUGH_PLANE_FACTORS = (3, 4)
+# is refined at the nearest of these (ties: the smaller, whose working grid has fewer voxels), on a working grid
+# of spacing / F.  x6 serves clinical 5-6 mm slices on zero-filled 0.43 mm pixels (ratio 14): on
+# ../shared/bench/clinical_geometry.py's such case +1.82 dB over cubic B-spline at x6 on a 1 mm grid against
+# +1.71 at x4 on 1.5 mm; on its 4 mm slices 5 mm apart on 1 mm pixels (ratio 5, the tie) x4 +2.28 against
+# x6 +2.23 (docs/through-plane.md, *A quality network for x6*).  x5 and x2 have no quality file.
+QUALITY_THROUGH_PLANE_FACTORS = (3, 4, 6)
 THROUGH_PLANE_MIN_RATIO = 1.4
 # An in-plane axis whose voxel is within this ratio of the working voxel (spacing / F) stays as
 # acquired instead of being resampled onto the working grid: B-spline resampling a 1 mm axis to

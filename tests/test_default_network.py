@@ -15,7 +15,7 @@ from PIL import Image
 from common import model_files
 import constants
 import predict
-from through_plane import model_source
+from through_plane import model_source, slice_geometry
 import train
 from training import backups
 from conftest import ROOT
@@ -239,10 +239,12 @@ def test_a_series_written_without_a_network_has_no_equipment_model_name(tmp_path
 
 def test_through_plane_by_default_takes_the_quality_networks_nearest_factor_or_the_espcns_asked_for(
         tmp_path, capsys):
-    source = tmp_path / "axial_5mm.nii.gz"  # 5 mm slices of 1 mm pixels: no quality network of x5 is shipped
+    # 5 mm slices of 1 mm pixels: no quality network of x5 is shipped; x4 and x6 are equally near, and the tie
+    # goes to the smaller factor (fewer working voxels)
+    source = tmp_path / "axial_5mm.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(3).integers(0, 900, (24, 20, 4)).astype(np.int16),
                              np.diag([1.0, 1.0, 5.0, 1.0])), str(source))
-    assert 5 not in constants.QUALITY_THROUGH_PLANE_FACTORS and 4 in constants.QUALITY_THROUGH_PLANE_FACTORS
+    assert 5 not in constants.QUALITY_THROUGH_PLANE_FACTORS and {4, 6} <= set(constants.QUALITY_THROUGH_PLANE_FACTORS)
     common = ["--input", str(source), "--through-plane", "--no-adapt", "--precision", "float32"]
     assert predict.main([*common, "--output-dir", str(tmp_path / "nearest")]) == 0
     printed = capsys.readouterr().out
@@ -251,6 +253,21 @@ def test_through_plane_by_default_takes_the_quality_networks_nearest_factor_or_t
     assert out.shape == (24, 20, 16) and np.allclose(out.header.get_zooms(), (1.0, 1.0, 1.25))
     sidecar = json.load(open(tmp_path / "nearest" / "axial_5mm_quality_through_x4.json"))
     assert sidecar["Model"]["File"] == model_files.shipped_path("quality", 4)
+    # a header's 1 mm is often 0.9999999 (float32 zooms): still the tie, still the smaller
+    assert slice_geometry.nearest_factor(5.0 / float(np.float32(0.9999999)), (3, 4, 6)) == 4
+    assert slice_geometry.nearest_factor(5.01, (3, 4, 6)) == 6
+
+    # 6 mm slices of 0.5 mm pixels (ratio 12, zero-filled clinical pixels): the quality network's x6, on a
+    # working grid of 1 mm
+    wide = tmp_path / "axial_6mm.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(4).integers(0, 900, (40, 36, 4)).astype(np.int16),
+                             np.diag([0.5, 0.5, 6.0, 1.0])), str(wide))
+    assert predict.main(["--input", str(wide), *common[2:], "--output-dir", str(tmp_path / "wide")]) == 0
+    out = nib.load(str(tmp_path / "wide" / "axial_6mm_quality_through_x6.nii.gz"))
+    assert out.shape == (40, 36, 24) and np.allclose(out.header.get_zooms(), (0.5, 0.5, 1.0))
+    sidecar = json.load(open(tmp_path / "wide" / "axial_6mm_quality_through_x6.json"))
+    assert sidecar["Model"]["File"] == model_files.shipped_path("quality", 6)
+    capsys.readouterr()
 
     # x5 asked for: the shipped ESPCN's x5 stands in, said so, and named in the output
     assert predict.main([*common, "--through-plane-factor", "5", "--output-dir", str(tmp_path / "x5")]) == 0
@@ -276,7 +293,7 @@ def test_model_source_networks_per_factor():
     assert default.describe() == "Quality network through-plane (shipped, the default)"
     assert quality.describe() == "Quality network through-plane (shipped, --model quality)"
     assert espcn.describe() == "ESPCN through-plane (shipped, --model espcn)"
-    assert [default.network_for(f) for f in (3, 4, 5, 6)] == ["quality", "quality", "espcn", "espcn"]
+    assert [default.network_for(f) for f in (2, 3, 4, 5, 6)] == ["espcn", "quality", "quality", "espcn", "quality"]
     assert [quality.network_for(f) for f in (4, 5)] == ["quality", "quality"]  # refused later, never replaced
     assert [espcn.network_for(f) for f in (3, 4)] == ["espcn", "espcn"]
     assert default.path_for(5) == model_files.shipped_path("espcn", 5)
@@ -309,16 +326,23 @@ def test_the_resume_fingerprint_stores_the_network_and_reads_an_old_backups_none
 
 def test_auto_precision_leaves_bfloat16_where_onednn_is_capped_below_it(monkeypatch):
     """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN run as on an AVX2-only CPU, which has no bfloat16 convolution:
-    auto must then pick float32, as it does on such a CPU (a bfloat16 model would fail to run)."""
+    auto must then pick float32, as it does on such a CPU (a bfloat16 model would fail to run).  On an Intel
+    CPU a cap below AMX leaves AVX-512 BF16 alone, where float32 is the faster."""
     import modules
     monkeypatch.setattr(modules, "has_gpu", lambda: False)
     monkeypatch.setattr(modules, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(modules, "cpu_vendor", lambda: "AuthenticAMD")
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert modules.choose_precision("auto") == "mixed_bfloat16"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
     assert modules.choose_precision("auto") == "float32"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert modules.choose_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(modules, "cpu_vendor", lambda: "GenuineIntel")
+    monkeypatch.setattr(modules, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    assert modules.choose_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert modules.choose_precision("auto") == "float32"
 
 
 def test_a_singular_affine_still_gets_its_figure(tmp_path):

@@ -10,7 +10,7 @@ The shipped through-plane models refine by a whole factor F of 2 to 6 on an
 isotropic grid.  So the network works on a *working grid*: the slice axis as
 acquired, the in-plane axes resampled to w = S / F where they are more than
 1.2x from it (constants.WORKING_GRID_TOLERANCE; F = S / p taken to the nearest
-factor the network ships: 3 or 4 for the quality network, the default; with
+factor the network ships: 3, 4 or 6 for the quality network, the default; with
 --model espcn rounded within 2..6; with a --model file, the file's own factor):
 there the thick slices are F working voxels apart and T / w thick, the
 geometry the model is adapted to.  Its estimate is then resampled onto the
@@ -125,8 +125,10 @@ def finest_in_plane(zooms, axis):
 
 
 def nearest_factor(ratio, factors):
-    """The factor of `factors` nearest `ratio` (ties: the larger)."""
-    return min(factors, key=lambda f: (abs(ratio - f), -f))
+    """The factor of `factors` nearest `ratio`; ties, within 1e-4 (float32 zooms: 5 mm on 0.9999999 mm pixels
+    is a ratio of 5.0000006), go to the smaller, whose working grid has fewer voxels."""
+    nearest = min(abs(ratio - f) for f in factors)
+    return min(f for f in factors if abs(ratio - f) <= nearest + 1e-4)
 
 
 def working_factor(spacing, finest_pixel, factor=None, shipped=None):
@@ -135,7 +137,7 @@ def working_factor(spacing, finest_pixel, factor=None, shipped=None):
     `shipped`: the factors the model source refines when not all (ModelSource.factors: the quality
     network's constants.QUALITY_THROUGH_PLANE_FACTORS, or a --model file's own factor), or None for every
     factor of constants.THROUGH_PLANE_FACTORS; the ratio is taken to the nearest of them (ties: the
-    larger).  ValueError in words for a volume with no thick slices to refine (ratio under
+    smaller).  ValueError in words for a volume with no thick slices to refine (ratio under
     constants.THROUGH_PLANE_MIN_RATIO) or one whose working grid would be more than
     constants.THROUGH_PLANE_MAX_OVERSAMPLING times finer than its pixels, unless a factor is given.
     """
