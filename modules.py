@@ -346,9 +346,9 @@ def evaluate_pairs(model, dataset):
 # /proc/cpuinfo flags of native bfloat16 math: AVX-512 BF16 and AMX.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # Where native bfloat16 is also the faster choice (docs/performance.md, *Which CPUs get bfloat16*): AMX
-# anywhere; AVX-512 BF16 alone on AMD's cores (an EPYC: mixed bfloat16 faster than float32), not on Intel's,
-# whose two 512-bit float32 FMA units outrun its one bfloat16 dot-product unit (a 2-core Intel Xeon with
-# AVX-512 BF16 and no AMX: the quality network's inference 38 img/s in bfloat16, 90 in float32).
+# anywhere; AVX-512 BF16 alone on AMD's cores (an EPYC: mixed bfloat16 about 3x float32), not on Intel's
+# (a 2-core Intel Xeon with AVX-512 BF16 and no AMX: the quality network's inference 38 img/s in bfloat16,
+# 90 in float32; benchmark.py's matmul peak 181 against 357 GFLOP/s).
 BF16_FASTER_VENDORS = ("AuthenticAMD",)
 
 

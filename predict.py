@@ -153,7 +153,8 @@ def add_input_output_flags(group):
                             f"{constants.SEED_NETWORK} for the test split")
     group.add_argument("--precision", choices=constants.PRECISIONS,
                        default=constants.PREDICT_PRECISION,
-                       help="auto: mixed_bfloat16 on CPUs with AVX-512 BF16/AMX, mixed_float16 on GPUs, else float32")
+                       help="auto: mixed_bfloat16 where it is faster (AMX; AMD's AVX-512 BF16), mixed_float16 on GPUs, "
+                            "else float32")
     group.add_argument("--batch-size", type=positive_int, default=None,
                        help="model inputs per inference batch (planes or tiles; each view of --ensemble counts) and, "
                             "with --through-plane, crops per adaptation step; default: as many inputs as hold "

@@ -37,7 +37,7 @@ class ModelSource:
     constants.DEFAULT_NETWORK: a factor it does not ship is served by the
     ESPCN's, with a note), or a .keras file of one factor (factors(): volumes
     are refined at it).  Models are served in `precision` (predict.py's
-    --precision; auto is bfloat16 on CPUs with AVX-512 BF16 or AMX).  On the
+    --precision; auto is bfloat16 on AMX or AMD's AVX-512 BF16).  On the
     template's --compare without adaptation (2-core AMD EPYC with AVX-512
     BF16): x4 34.7926 dB in bfloat16 against 34.7954 in float32, x3 36.7712
     against 36.7684, in 4.4 / 5.4 s against 8.0 / 9.2 s.

@@ -12,7 +12,7 @@ adaptation.adapt on the same working grid), once per --steps value: 0 is the pre
 working voxels: adaptation.adaptation_steps), with neither a time bound nor the early stop, so that a run
 repeats whatever the machine's speed or load; each --keep value (the share of adaptation's weight change
 kept, predict.py --adapt-keep) is refined with a point between the pretrained and that one adapted model.
-Precision: predict.py's default, auto (mixed bfloat16 on CPUs with AVX-512 BF16 or AMX).
+Precision: predict.py's default, auto (mixed bfloat16 on AMX or AMD's AVX-512 BF16).
 The gain is scored as tools/through_plane_check.py scores it (PSNR over the whole volume, range = the fine
 reference's max - min, against cubic B-spline clipped to the thick volume's range).  One line a run.
 Not a test: each volume's adaptation trains for up to N steps (quality network: about 0.07-0.1 s each on a
