@@ -220,14 +220,17 @@ def test_slice_axis_and_factor_from_voxel_sizes():
 
 def test_a_network_that_ships_some_factors_takes_the_nearest_of_them():
     shipped = (3, 4)
-    expected = {2.0: 3, 2.9: 3, 3.4: 3, 3.5: 4, 4.6: 4, 5.0: 4, 6.0: 4, 13.6: 4}
+    expected = {2.0: 3, 2.9: 3, 3.4: 3, 3.5: 3, 3.51: 4, 4.6: 4, 5.0: 4, 6.0: 4, 13.6: 4}  # ties: the smaller
     for ratio, factor in expected.items():
         geometry = slice_geometry.read_geometry([1.0, 1.0, ratio], (10, 10, 10), shipped=shipped)
         assert geometry.factor == factor, ratio
         assert np.isclose(geometry.working_pixel, ratio / factor) and np.isclose(geometry.output_spacing(),
                                                                                    ratio / factor)
     assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10), shipped=(3, 5)).factor == 5  # its own
-    assert slice_geometry.read_geometry([1.0, 1.0, 4.0], (10, 10, 10), shipped=(3, 5)).factor == 5  # a tie
+    assert slice_geometry.read_geometry([1.0, 1.0, 4.0], (10, 10, 10), shipped=(3, 5)).factor == 3  # a tie
+    # the quality network's factors: 5 mm on a float32 1 mm pixel is still the tie; clinical ratios near 14 take x6
+    assert slice_geometry.read_geometry([1.0, 0.9999999, 5.0], (10, 10, 10), shipped=(3, 4, 6)).factor == 4
+    assert slice_geometry.read_geometry([0.43, 0.43, 6.0], (10, 10, 10), shipped=(3, 4, 6)).factor == 6
     # a factor given by --through-plane-factor is kept, shipped or not (the model source refuses a missing one)
     assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10), factor=5, shipped=shipped).factor == 5
     assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10)).factor == 5  # every factor: the ESPCN
