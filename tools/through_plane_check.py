@@ -42,11 +42,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_name():
-    """The CPU model and whether it has native bfloat16 (what predict.py's precision 'auto' looks for)."""
+    """The CPU model, its native bfloat16 flags and vendor, and the precision predict.py's 'auto' takes there."""
     import modules
     model = re.search(r"^model name\s*:\s*(.*)$", modules.cpuinfo_text(), re.M)
-    return {"model": model.group(1) if model else "unknown", "cores": os.cpu_count(),
-            "bf16": sorted(flag for flag in modules.BF16_CPU_FLAGS if flag in modules.cpu_flags())}
+    return {"model": model.group(1) if model else "unknown", "cores": os.cpu_count(), "vendor": modules.cpu_vendor(),
+            "bf16": sorted(flag for flag in modules.BF16_CPU_FLAGS if flag in modules.cpu_flags()),
+            "auto": modules.choose_precision("auto")}
 
 
 def model_for(model_dir, factor):
