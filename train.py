@@ -120,8 +120,8 @@ def parse_args(argv=None):
                         help="flips, turns, intensity scale/gamma and noise on training crops")
     parser.add_argument("--precision", choices=constants.PRECISIONS,
                         default=constants.PRECISION,
-                        help="auto: mixed_bfloat16 where it is faster (AMX; AMD's AVX-512 BF16), mixed_float16 on GPUs, "
-                             "else float32")
+                        help="auto: mixed_bfloat16 where it is faster (AMX; AMD's AVX-512 BF16), mixed_float16 "
+                             "on GPUs, else float32")
     parser.add_argument("--jit", choices=("auto", "on", "off"), default=constants.JIT,
                         help="XLA-compile the training step; auto = on for float32, off for mixed precision")
     parser.add_argument("--strategy", choices=("auto", "one_device", "mirrored", "multi_worker"),

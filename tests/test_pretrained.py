@@ -100,13 +100,13 @@ def test_shipped_quality_network_beats_the_espcn_on_the_held_out_template_slab(t
 
 
 def test_shipped_quality_through_plane_models_beat_the_espcns_on_the_template_slab(tmp_path):
-    """predict.py --compare --through-plane --model quality, each factor it ships, without adaptation: the
-    shipped quality through-plane models above the shipped ESPCN ones and well above cubic B-spline, float32, on the template's
-    central axial slab (the test split's slices; the models' template training slices are outside it, except
-    coronal and sagittal ones that cross it). Measured (AMD EPYC, AVX2; third-stage quality models, 2026-12-04): x3
-    quality 38.36 dB, ESPCN 36.89, spline 31.59; x4 quality 34.70, ESPCN 33.58, spline 29.10.  The shipped
-    GPU-stage models (Intel Xeon with AMX, float32, the same day): x3 40.12 dB, x4 36.18; the others unchanged.
-    x6 (Intel Xeon with AVX-512 BF16, float32, 2026-12-08): quality 30.36 dB, ESPCN 28.27, spline 25.55."""
+    """predict.py --compare --through-plane --model quality, each factor it ships, without adaptation: the shipped
+    quality through-plane models above the shipped ESPCN ones and well above cubic B-spline, float32, on the
+    template's central axial slab (the test split's slices; the models' template training slices are outside it,
+    except coronal and sagittal ones that cross it). Measured (AMD EPYC, AVX2; third-stage quality models,
+    2026-12-04): x3 quality 38.36 dB, ESPCN 36.89, spline 31.59; x4 quality 34.70, ESPCN 33.58, spline 29.10. The
+    shipped GPU-stage models (Intel Xeon with AMX, float32, the same day): x3 40.12 dB, x4 36.18; the others
+    unchanged. x6 (Intel Xeon with AVX-512 BF16, float32, 2026-12-08): quality 30.36 dB, ESPCN 28.27, spline 25.55."""
     import nibabel as nib
 
     import dataset

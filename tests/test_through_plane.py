@@ -230,6 +230,7 @@ def test_a_network_that_ships_some_factors_takes_the_nearest_of_them():
     assert slice_geometry.read_geometry([1.0, 1.0, 4.0], (10, 10, 10), shipped=(3, 5)).factor == 3  # a tie
     # the quality network's factors: 5 mm on a float32 1 mm pixel is still the tie; clinical ratios near 14 take x6
     assert slice_geometry.read_geometry([1.0, 0.9999999, 5.0], (10, 10, 10), shipped=(3, 4, 6)).factor == 4
+    assert slice_geometry.read_geometry([1.0, 1.0, 5.01], (10, 10, 10), shipped=(3, 4, 6)).factor == 6
     assert slice_geometry.read_geometry([0.43, 0.43, 6.0], (10, 10, 10), shipped=(3, 4, 6)).factor == 6
     # a factor given by --through-plane-factor is kept, shipped or not (the model source refuses a missing one)
     assert slice_geometry.read_geometry([1.0, 1.0, 5.0], (10, 10, 10), factor=5, shipped=shipped).factor == 5
